@@ -33,6 +33,7 @@ if command -v quarto >/dev/null 2>&1; then
 else
   echo "quarto is not on PATH: running nbdev's notebook processing only"
   python tests/proc_docs.py
+  python tests/readme.py --check
 fi
 
 echo "== pytest"
