@@ -6,16 +6,17 @@ Docs: https://energytok.github.io/energytok/stats_describe.html.md"""
 
 # %% auto #0
 __all__ = ['SIMULATED_PROVENANCE', 'SCALES', 'simulate_runs', 'as_factors', 'RunTable', 'prepare_runs', 'fmt_number',
-           'markdown_table', 'iqm', 'iqm_jackknife', 'bca_interval', 'Descriptives', 'describe_runs']
+           'markdown_table', 'iqm', 'iqm_jackknife', 'bca_interval', 'Descriptives', 'table_records', 'plain',
+           'describe_runs']
 
-# %% ../nbs/30_stats_describe.ipynb #dcd4786e
+# %% ../nbs/30_stats_describe.ipynb #94abf815
 import math, json, numbers, itertools
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from .checks import check_columns, check_choice, check_fraction, check_positive, check_number
 
-# %% ../nbs/30_stats_describe.ipynb #a07ab813
+# %% ../nbs/30_stats_describe.ipynb #d10a3391
 SIMULATED_PROVENANCE = 'estimate:simulated'
 
 def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on J/token}}; default dtype x batch_size
@@ -54,7 +55,7 @@ def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on
     df['run_id'] = [f'sim-{i:05d}' for i in range(len(df))]
     return df.sort_values('order_index', ignore_index=True)
 
-# %% ../nbs/30_stats_describe.ipynb #b68f3092
+# %% ../nbs/30_stats_describe.ipynb #d2c1ca1b
 def as_factors(by, # a column name, a comma-separated string of names, or a list of names
               ) -> list:
     "Normalise `by` into a list of distinct, non-empty column names."
@@ -66,7 +67,7 @@ def as_factors(by, # a column name, a comma-separated string of names, or a list
     if len(set(names)) != len(names): raise ValueError(f"by: a factor is named twice in {by!r}")
     return names
 
-# %% ../nbs/30_stats_describe.ipynb #b0fb2861
+# %% ../nbs/30_stats_describe.ipynb #94f67273
 SCALES = ('log', 'linear')
 _RESERVED = ('_config', '_value', '_y', '_order')
 
@@ -112,7 +113,7 @@ class RunTable:
         return (f"RunTable({len(self.data)} runs, {len(self.configs)} configurations, metric={self.metric!r}, "
                 f"by={self.by}, scale={self.scale!r}, order from {self.order_source})")
 
-# %% ../nbs/30_stats_describe.ipynb #20432aee
+# %% ../nbs/30_stats_describe.ipynb #c7bd985c
 def _numeric_metric(runs, metric):
     "The metric column as floats, or a `TypeError` naming the column and a value that is not a number."
     col = runs[metric]
@@ -189,7 +190,7 @@ def prepare_runs(runs:pd.DataFrame, # one row per independent run
         raise ValueError(f"runs: every configuration of {by} needs at least {int(min_runs)} runs; {detail}")
     return RunTable(d.reset_index(drop=True), metric, by, scale, order_source)
 
-# %% ../nbs/30_stats_describe.ipynb #7a8f241c
+# %% ../nbs/30_stats_describe.ipynb #7e1e9b8b
 def fmt_number(v, digits:int=4) -> str:
     "Format one table cell: numbers to `digits` significant digits, NaN/None as '', others as text."
     if v is None: return ''
@@ -212,7 +213,7 @@ def markdown_table(df:pd.DataFrame, # the table to render
     rows = ['| ' + ' | '.join(fmt_number(v, digits) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join([head, sep, *rows])
 
-# %% ../nbs/30_stats_describe.ipynb #e225716a
+# %% ../nbs/30_stats_describe.ipynb #158f709f
 def iqm(x, # values; the last axis is summarised
         axis:int=-1, # axis to summarise
        ):
@@ -238,7 +239,7 @@ def iqm_jackknife(x) -> np.ndarray:
              np.where(r < lo, cum[hi + 1] - cum[lo + 1], cum[hi + 1] - cum[lo] - s))
     return total / (hi - lo)
 
-# %% ../nbs/30_stats_describe.ipynb #ad8d2ad5
+# %% ../nbs/30_stats_describe.ipynb #71c84878
 def bca_interval(x, # one sample
                  statistic=iqm, # vectorised statistic over the last axis
                  jackknife=iqm_jackknife, # leave-one-out values of the statistic (None: computed by brute force)
@@ -271,7 +272,7 @@ def bca_interval(x, # one sample
     low, high = np.quantile(boot, q)
     return float(low), float(high)
 
-# %% ../nbs/30_stats_describe.ipynb #762cbf0f
+# %% ../nbs/30_stats_describe.ipynb #ec647dfa
 @dataclass
 class Descriptives:
     "Per-configuration summary of one metric."
@@ -285,7 +286,7 @@ class Descriptives:
     def to_dict(self) -> dict:
         "JSON-ready dict: settings and one record per configuration."
         return dict(metric=self.metric, by=self.by, scale=self.scale, ci=self.ci, n_boot=self.n_boot,
-                    configs=_records(self.table))
+                    configs=table_records(self.table))
 
     def to_markdown(self, digits:int=4) -> str:
         "The table as markdown."
@@ -297,23 +298,23 @@ class Descriptives:
     def __repr__(self):
         return f"Descriptives({self.metric!r} by {self.by}, {len(self.table)} configurations)\n" + self.table.drop(columns=self.by).to_string(index=False)
 
-def _records(df:pd.DataFrame) -> list:
+def table_records(df:pd.DataFrame) -> list:
     "DataFrame rows as JSON-ready dicts (NaN -> None, numpy scalars -> Python)."
     out = []
     for rec in df.to_dict(orient='records'):
-        out.append({str(k): _plain(v) for k, v in rec.items()})
+        out.append({str(k): plain(v) for k, v in rec.items()})
     return out
 
-def _plain(v):
+def plain(v):
     "A numpy/pandas scalar as a plain Python value; NaN and inf as None."
     if isinstance(v, (np.bool_, bool)): return bool(v)
     if isinstance(v, numbers.Integral): return int(v)
     if isinstance(v, numbers.Real): return float(v) if math.isfinite(v) else None
-    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
-    if isinstance(v, dict): return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [plain(x) for x in v]
+    if isinstance(v, dict): return {str(k): plain(x) for k, x in v.items()}
     return v if isinstance(v, (str, type(None))) else str(v)
 
-# %% ../nbs/30_stats_describe.ipynb #f77ef91e
+# %% ../nbs/30_stats_describe.ipynb #99b1f901
 def describe_runs(runs, # one row per run (DataFrame or `RunTable`)
                   metric:str=None, # the column to summarise
                   by=None, # factor column(s)
