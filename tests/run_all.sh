@@ -25,7 +25,7 @@ if in_git && [ -n "$(changed nbs)" ]; then
 fi
 
 echo "== nbdev-test"
-nbdev-test --n_workers 2
+nbdev-test --n-workers 2 --timing
 
 echo "== docs"
 if command -v quarto >/dev/null 2>&1; then
