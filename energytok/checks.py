@@ -7,10 +7,10 @@ Docs: https://energytok.github.io/energytok/checks.html.md"""
 # %% auto #0
 __all__ = ['check_number', 'check_positive', 'check_range', 'check_fraction', 'check_choice', 'check_columns']
 
-# %% ../nbs/01_checks.ipynb #8c9b11a9
+# %% ../nbs/01_checks.ipynb #537c0976
 import math, numbers
 
-# %% ../nbs/01_checks.ipynb #069444ef
+# %% ../nbs/01_checks.ipynb #3d768749
 def check_number(name:str, # parameter name, used in the error
                  value, # the value received
                 ) -> float:
@@ -21,7 +21,7 @@ def check_number(name:str, # parameter name, used in the error
     if not math.isfinite(v): raise ValueError(f"{name}: expected a finite number, got {value!r}")
     return v
 
-# %% ../nbs/01_checks.ipynb #ba63c496
+# %% ../nbs/01_checks.ipynb #59cb3cd3
 def check_positive(name:str, # parameter name, used in the error
                    value, # the value received
                    allow_zero:bool=False, # accept 0 as well
@@ -32,7 +32,7 @@ def check_positive(name:str, # parameter name, used in the error
         raise ValueError(f"{name}: expected a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return v
 
-# %% ../nbs/01_checks.ipynb #66668bf6
+# %% ../nbs/01_checks.ipynb #b281d2ca
 def check_range(name:str, # parameter name, used in the error
                 value, # the value received
                 lo:float=-math.inf, # lower bound
@@ -49,14 +49,14 @@ def check_range(name:str, # parameter name, used in the error
         raise ValueError(f"{name}: expected a value in {interval}, got {value!r}")
     return v
 
-# %% ../nbs/01_checks.ipynb #4a3892e7
+# %% ../nbs/01_checks.ipynb #243b0458
 def check_fraction(name:str, # parameter name, used in the error
                    value, # the value received
                   ) -> float:
     "Return `value` as a float if it lies in (0, 1], else raise naming `name`."
     return check_range(name, value, 0.0, 1.0, lo_open=True)
 
-# %% ../nbs/01_checks.ipynb #28079992
+# %% ../nbs/01_checks.ipynb #2393c442
 def check_choice(name:str, # parameter name, used in the error
                  value, # the value received
                  choices, # the allowed values
@@ -66,7 +66,7 @@ def check_choice(name:str, # parameter name, used in the error
         raise ValueError(f"{name}: expected one of {sorted(map(str, choices))}, got {value!r}")
     return value
 
-# %% ../nbs/01_checks.ipynb #eaa28a50
+# %% ../nbs/01_checks.ipynb #40eff5de
 def check_columns(name:str, # parameter name of the table, used in the error
                   df, # a pandas DataFrame
                   columns, # the columns that must be present
