@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #579b6a85
+# %% ../nbs/15_meter.ipynb #5997d850
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #1c756097
+# %% ../nbs/15_meter.ipynb #2c847203
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #2da36c17
+# %% ../nbs/15_meter.ipynb #25cfc4d8
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -62,7 +62,7 @@ class _Acc:
         if p is not None and (self.peak_w is None or p > self.peak_w): self.peak_w = p
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
 
-# %% ../nbs/15_meter.ipynb #eae5bef9
+# %% ../nbs/15_meter.ipynb #29948b4a
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -98,7 +98,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #60a42bdd
+# %% ../nbs/15_meter.ipynb #c2f966be
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -117,7 +117,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #fb7c5a8d
+# %% ../nbs/15_meter.ipynb #25ed67b6
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -153,7 +153,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #e0726e8b
+# %% ../nbs/15_meter.ipynb #447c9e02
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -176,7 +176,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #17f801f7
+# %% ../nbs/15_meter.ipynb #4a55d65b
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -198,7 +198,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #0ffb3193
+# %% ../nbs/15_meter.ipynb #cfddff0c
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -231,7 +231,7 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #9fb6f3ee
+# %% ../nbs/15_meter.ipynb #fe9c3fb3
 @patch
 def _tick(self:Meter):
     "Sample every sensor once and update the peak total power of open windows."
@@ -262,7 +262,7 @@ def _loop(self:Meter):
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #cc810781
+# %% ../nbs/15_meter.ipynb #8f8bc7a9
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -294,58 +294,82 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
                 jitter_max_s=float(late.max()))
 
-# %% ../nbs/15_meter.ipynb #339e2441
+# %% ../nbs/15_meter.ipynb #da1f4faa
+@patch
+def _edge(self:Meter,
+          close:str|None=None, # name of the window to close at this edge
+          open_:str|None=None, # name of the window to open at this edge
+         ) -> WindowResult|None:
+    "Take one window edge now: close `close` and/or open `open_` at the same instant; returns the closed window's result."
+    if open_ is not None and (not isinstance(open_, str) or not open_):
+        raise TypeError(f"name: expected a non-empty string, got {open_!r}")
+    if not self.running: raise RuntimeError("Meter is not running: use `with Meter() as m:` or `m.start()` first")
+    with self._wlock:
+        if close is not None and close not in self._open:
+            raise ValueError(f"name: no open window called {close!r}; open: {sorted(self._open)}")
+        if open_ is not None and open_ in self._open: raise ValueError(f"name: a window called {open_!r} is already open")
+        wn = self._open[open_] = dict(peak_total_w=None, edges={}, accs={}) if open_ is not None else None
+    if self.sync is not None: self.sync()
+    t = now_s()
+    with self._wlock: wc = self._open.pop(close) if close is not None else None
+    if wn is not None: wn['start_s'] = t
+    for tr in self.tracks:
+        with tr.lock:
+            edge = tr.open_edge(t)
+            if wc is not None: wc['accs'][tr].b_s, wc['edges'][tr][1] = t, edge
+            if wn is not None: wn['edges'][tr], wn['accs'][tr] = [edge, None], tr.open_acc(t)
+        tr.sample()
+        if wc is not None: tr.close_acc(wc['accs'][tr], wc['edges'][tr])
+    return None if wc is None else self._result(close, wc, t)
+
+# %% ../nbs/15_meter.ipynb #3935cd02
+@patch
+def open_acc(self:_Track, t_s:float) -> _Acc:
+    "Register the accumulator of a window opened at `t_s` (lock held)."
+    acc = _Acc(t_s)
+    for k in range(len(self.samples) - 1, -1, -1):  # samples read after the edge time but before this point
+        if self.samples[k][0] <= t_s: break
+        acc.update(self.samples[k-1] if k else None, self.samples[k])
+    self.accs.append(acc)
+    return acc
+
+@patch
+def close_acc(self:_Track, acc:_Acc, edges:list):
+    "Unregister a closed window's accumulator; settle edges the sensor could not resolve."
+    with self.lock:
+        self.accs.remove(acc)
+        for edge in edges:
+            if edge.resolved or self.last is None: continue
+            edge.hold(self.last)
+            self.pending.remove(edge)
+            acc.errors += 1
+            acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
+
+# %% ../nbs/15_meter.ipynb #d8783a58
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
                 ) -> str:
     "Open a window now; returns its name."
-    if not isinstance(name, str) or not name: raise TypeError(f"name: expected a non-empty string, got {name!r}")
-    if not self.running: raise RuntimeError("Meter is not running: use `with Meter() as m:` or `m.start()` first")
-    with self._wlock:
-        if name in self._open: raise ValueError(f"name: a window called {name!r} is already open")
-        self._open[name] = w = dict(peak_total_w=None, edges={}, accs={})
-    if self.sync is not None: self.sync()
-    t = now_s()
-    w['start_s'] = t
-    for tr in self.tracks:
-        with tr.lock:
-            w['edges'][tr] = [tr.open_edge(t), None]
-            acc = w['accs'][tr] = _Acc(t)
-            for k in range(len(tr.samples) - 1, -1, -1):  # samples read after the edge time but before this point
-                if tr.samples[k][0] <= t: break
-                acc.update(tr.samples[k-1] if k else None, tr.samples[k])
-            tr.accs.append(acc)
-        tr.sample()
+    self._edge(open_=name)
     return name
 
-# %% ../nbs/15_meter.ipynb #999471d3
 @patch
 def end_window(self:Meter,
                name:str, # the name given to `begin_window`
               ) -> WindowResult:
     "Close window `name` now and return its `WindowResult`."
-    with self._wlock:
-        if name not in self._open: raise ValueError(f"name: no open window called {name!r}; open: {sorted(self._open)}")
-    if self.sync is not None: self.sync()
-    t = now_s()
-    with self._wlock: w = self._open.pop(name)
-    for tr in self.tracks:
-        with tr.lock:
-            w['accs'][tr].b_s = t
-            w['edges'][tr][1] = tr.open_edge(t)
-        tr.sample()
-        with tr.lock:
-            acc = w['accs'][tr]
-            tr.accs.remove(acc)
-            for edge in w['edges'][tr]:
-                if edge.resolved or tr.last is None: continue
-                edge.hold(tr.last)  # the sensor failed at the edge: hold its last sample
-                tr.pending.remove(edge)
-                acc.errors, acc.first_error = acc.errors + 1, acc.first_error or (tr.errors[-1][1] if tr.errors else '')
-    return self._result(name, w, t)
+    return self._edge(close=name)
 
-# %% ../nbs/15_meter.ipynb #b40e79c4
+@patch
+def next_window(self:Meter,
+                close:str, # the open window to close
+                open_:str, # the window to open at the same instant
+               ) -> WindowResult:
+    "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
+    return self._edge(close=close, open_=open_)
+
+# %% ../nbs/15_meter.ipynb #9199c7c1
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -367,7 +391,7 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #b53ad0b8
+# %% ../nbs/15_meter.ipynb #d123b4fe
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
@@ -381,7 +405,7 @@ def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #12b51bfa
+# %% ../nbs/15_meter.ipynb #b8655324
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -398,7 +422,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #a3bd5821
+# %% ../nbs/15_meter.ipynb #57c4ecb1
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -419,7 +443,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #1ac6cb83
+# %% ../nbs/15_meter.ipynb #d5ad5654
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -432,7 +456,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #de113d68
+# %% ../nbs/15_meter.ipynb #0a1ea84a
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -466,7 +490,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #0aca80e7
+# %% ../nbs/15_meter.ipynb #c19f9430
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)

@@ -7,13 +7,13 @@ Docs: https://energytok.github.io/energytok/nvml.html.md"""
 # %% auto #0
 __all__ = ['NVML_COUNTER_UPDATE_S', 'FakeNVML', 'NVMLSensor', 'nvml_statuses']
 
-# %% ../nbs/11_nvml.ipynb #9131f236
+# %% ../nbs/11_nvml.ipynb #632ade76
 import os
 from types import SimpleNamespace
 from fastcore.basics import patch
 from .sensors import Sensor, SensorError, SensorStatus, Reading, CounterUnwrap, ReplaySensor, Trace, now_s
 
-# %% ../nbs/11_nvml.ipynb #3b2c19dc
+# %% ../nbs/11_nvml.ipynb #6138d576
 NVML_COUNTER_UPDATE_S = 0.1  # refresh period of NVML's energy counter (Yang et al., arXiv 2312.02741), s
 
 def _str(x) -> str: return x.decode() if isinstance(x, bytes) else str(x)
@@ -23,7 +23,7 @@ def _value(v) -> float:
     kind = {0: 'dVal', 1: 'uiVal', 2: 'ulVal', 3: 'ullVal', 4: 'sllVal', 5: 'siVal', 6: 'usVal'}[int(v.valueType)]
     return float(getattr(v.value, kind))
 
-# %% ../nbs/11_nvml.ipynb #5231ff3b
+# %% ../nbs/11_nvml.ipynb #18cf8cda
 class FakeNVML:
     "A stand-in for the `pynvml` module with scripted devices, for tests and docs on machines without a GPU."
     NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT, NVML_TEMPERATURE_GPU, NVML_SUCCESS = 185, 186, 0, 0
@@ -38,7 +38,7 @@ class FakeNVML:
         self.NVMLError, self.driver, self.init_error, self.calls = pynvml.NVMLError, driver, init_error, 0
         defaults = dict(name='NVIDIA H100 80GB HBM3', power_w=300.0, trace=None, counter=True, power_fields=True,
                         counter_start_mj=0, counter_update_s=None, power_limit_w=700.0, temp_c=40.0, mig=[], error=None)
-        self.devices = [dict(defaults, uuid=f'GPU-fake-{i}', **d) for i, d in enumerate(devices)]
+        self.devices = [{**defaults, 'uuid': f'GPU-fake-{i}', **d} for i, d in enumerate(devices)]
         for d in self.devices:
             tr = d['trace'] or Trace([0.0, 1.0], [d['power_w']] * 2, meta={'source': 'constant'})
             d['replay'] = ReplaySensor(tr, domain=d['uuid'])
@@ -85,16 +85,16 @@ class FakeNVML:
     def nvmlDeviceGetTotalEnergyConsumption(self, h):
         d = self._dev(h, power=True)
         if not d['counter']: raise self.NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
-        return int(d['counter_start_mj'] + self._at(d, d['counter_update_s'])[0] * 1000) % 2**64
+        return (d['counter_start_mj'] + int(self._at(d, d['counter_update_s'])[0] * 1000)) % 2**64  # exact integer arithmetic
 
     def nvmlDeviceGetFieldValues(self, h, field_ids):
         d = self._dev(h, power=True)
-        ok = d['power_fields']
-        mw = int(self._at(d)[1] * 1000) if ok else 0
-        return [SimpleNamespace(fieldId=f, nvmlReturn=self.NVML_SUCCESS if ok else self.NVML_ERROR_NOT_SUPPORTED,
-                                valueType=1, value=SimpleNamespace(uiVal=mw)) for f in field_ids]
+        mw = int(self._at(d)[1] * 1000)
+        ok = lambda f: d['power_fields'] is True or f in (d['power_fields'] or ())  # True, or the field ids it has
+        return [SimpleNamespace(fieldId=f, nvmlReturn=self.NVML_SUCCESS if ok(f) else self.NVML_ERROR_NOT_SUPPORTED,
+                                valueType=1, value=SimpleNamespace(uiVal=mw if ok(f) else 0)) for f in field_ids]
 
-# %% ../nbs/11_nvml.ipynb #ba3aa369
+# %% ../nbs/11_nvml.ipynb #90d0dec0
 class NVMLSensor(Sensor):
     "One NVIDIA GPU read through NVML: energy counter (primary) and polled power."
     kind, power_provenance = 'nvml', 'nvml-power'
@@ -123,7 +123,7 @@ class NVMLSensor(Sensor):
         try: return fn()
         except self.nv.NVMLError: return None
 
-# %% ../nbs/11_nvml.ipynb #3ededaf6
+# %% ../nbs/11_nvml.ipynb #31876efb
 @patch
 def _field_power_w(self:NVMLSensor, field_id:int) -> float|None:
     "Power from one NVML field (mW), or None if the driver does not have that field."
@@ -148,7 +148,7 @@ def read_power_w(self:NVMLSensor) -> float:
     if p is None: raise SensorError(f"{self.domain}: NVML power field '{self.power_field}' stopped answering")
     return p
 
-# %% ../nbs/11_nvml.ipynb #2958c34e
+# %% ../nbs/11_nvml.ipynb #2c8324c2
 @patch
 def read(self:NVMLSensor) -> Reading:
     "The energy counter (J since first read, unwrapped) and polled power (W), now."
@@ -175,7 +175,7 @@ def method(self:NVMLSensor) -> dict:
                 power_limit_w=self.power_limit_w, counter='nvmlDeviceGetTotalEnergyConsumption (mJ)' if self.has_counter else None,
                 power=power, counter_wraps=self._unwrap.wraps, mig_instances=self.mig)
 
-# %% ../nbs/11_nvml.ipynb #c2f7779a
+# %% ../nbs/11_nvml.ipynb #56d648c8
 def _physical_devices(nv) -> list:
     "Every physical GPU NVML sees: index, handle, UUID and the UUIDs of its MIG instances."
     out = []
@@ -191,12 +191,13 @@ def _physical_devices(nv) -> list:
         out.append(dict(index=i, handle=h, uuid=_str(nv.nvmlDeviceGetUUID(h)), mig=migs, mig_on=mig_on))
     return out
 
-# %% ../nbs/11_nvml.ipynb #f6e318ca
+# %% ../nbs/11_nvml.ipynb #ee5f514e
 def _resolve_visible(devices:list, # from `_physical_devices`
                      visible:str|None, # the value of CUDA_VISIBLE_DEVICES (None: unset)
                     ) -> tuple:
     "Map CUDA_VISIBLE_DEVICES onto physical devices: ([(device, mig uuid or None), ...], note on an unresolved entry)."
     if visible is None: return [(d, None) for d in devices], ''
+    if not visible.strip(): return [], 'CUDA_VISIBLE_DEVICES is empty: it hides every GPU'
     out = []
     for entry in (e.strip() for e in visible.split(',')):
         hits = []
@@ -209,7 +210,7 @@ def _resolve_visible(devices:list, # from `_physical_devices`
         out.append(hits[0])
     return out, ''
 
-# %% ../nbs/11_nvml.ipynb #c426c2f2
+# %% ../nbs/11_nvml.ipynb #33244503
 def nvml_statuses(nv=None, # the `pynvml` module or a stand-in (None: import pynvml)
                   env:dict|None=None, # environment to read CUDA_VISIBLE_DEVICES from (None: os.environ)
                  ) -> list:
@@ -232,7 +233,7 @@ def nvml_statuses(nv=None, # the `pynvml` module or a stand-in (None: import pyn
     if note: out.append(SensorStatus('nvml', f'gpu:{len(visible)}', False, reason=note))
     return out
 
-# %% ../nbs/11_nvml.ipynb #a37a6617
+# %% ../nbs/11_nvml.ipynb #708c6dcf
 def _device_status(nv, d:dict, domain:str, mig:str|None) -> SensorStatus:
     "The `SensorStatus` of one visible device."
     try: s = NVMLSensor(nv, d['handle'], domain, d['index'], mig=[mig] if mig else [])
