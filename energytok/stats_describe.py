@@ -6,17 +6,17 @@ Docs: https://energytok.github.io/energytok/stats_describe.html.md"""
 
 # %% auto #0
 __all__ = ['SIMULATED_PROVENANCE', 'SCALES', 'simulate_runs', 'as_factors', 'RunTable', 'prepare_runs', 'fmt_number',
-           'markdown_table', 'iqm', 'iqm_jackknife', 'bca_interval', 'Descriptives', 'table_records', 'plain',
-           'describe_runs']
+           'markdown_table', 'iqm', 'iqm_jackknife', 'bca_interval', 'mean_ci', 'Descriptives', 'table_records',
+           'plain', 'describe_runs']
 
-# %% ../nbs/30_stats_describe.ipynb #94abf815
+# %% ../nbs/30_stats_describe.ipynb #8eab1507
 import math, json, numbers, itertools
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from .checks import check_columns, check_choice, check_fraction, check_positive, check_number
 
-# %% ../nbs/30_stats_describe.ipynb #d10a3391
+# %% ../nbs/30_stats_describe.ipynb #4a26df2a
 SIMULATED_PROVENANCE = 'estimate:simulated'
 
 def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on J/token}}; default dtype x batch_size
@@ -55,7 +55,7 @@ def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on
     df['run_id'] = [f'sim-{i:05d}' for i in range(len(df))]
     return df.sort_values('order_index', ignore_index=True)
 
-# %% ../nbs/30_stats_describe.ipynb #d2c1ca1b
+# %% ../nbs/30_stats_describe.ipynb #a517a142
 def as_factors(by, # a column name, a comma-separated string of names, or a list of names
               ) -> list:
     "Normalise `by` into a list of distinct, non-empty column names."
@@ -67,7 +67,7 @@ def as_factors(by, # a column name, a comma-separated string of names, or a list
     if len(set(names)) != len(names): raise ValueError(f"by: a factor is named twice in {by!r}")
     return names
 
-# %% ../nbs/30_stats_describe.ipynb #94f67273
+# %% ../nbs/30_stats_describe.ipynb #b8a169de
 SCALES = ('log', 'linear')
 _RESERVED = ('_config', '_value', '_y', '_order')
 
@@ -113,7 +113,7 @@ class RunTable:
         return (f"RunTable({len(self.data)} runs, {len(self.configs)} configurations, metric={self.metric!r}, "
                 f"by={self.by}, scale={self.scale!r}, order from {self.order_source})")
 
-# %% ../nbs/30_stats_describe.ipynb #c7bd985c
+# %% ../nbs/30_stats_describe.ipynb #10417870
 def _numeric_metric(runs, metric):
     "The metric column as floats, or a `TypeError` naming the column and a value that is not a number."
     col = runs[metric]
@@ -190,7 +190,7 @@ def prepare_runs(runs:pd.DataFrame, # one row per independent run
         raise ValueError(f"runs: every configuration of {by} needs at least {int(min_runs)} runs; {detail}")
     return RunTable(d.reset_index(drop=True), metric, by, scale, order_source)
 
-# %% ../nbs/30_stats_describe.ipynb #7e1e9b8b
+# %% ../nbs/30_stats_describe.ipynb #f292e680
 def fmt_number(v, digits:int=4) -> str:
     "Format one table cell: numbers to `digits` significant digits, NaN/None as '', others as text."
     if v is None: return ''
@@ -213,7 +213,7 @@ def markdown_table(df:pd.DataFrame, # the table to render
     rows = ['| ' + ' | '.join(fmt_number(v, digits) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join([head, sep, *rows])
 
-# %% ../nbs/30_stats_describe.ipynb #158f709f
+# %% ../nbs/30_stats_describe.ipynb #f1a63d57
 def iqm(x, # values; the last axis is summarised
         axis:int=-1, # axis to summarise
        ):
@@ -239,7 +239,7 @@ def iqm_jackknife(x) -> np.ndarray:
              np.where(r < lo, cum[hi + 1] - cum[lo + 1], cum[hi + 1] - cum[lo] - s))
     return total / (hi - lo)
 
-# %% ../nbs/30_stats_describe.ipynb #71c84878
+# %% ../nbs/30_stats_describe.ipynb #295359b6
 def bca_interval(x, # one sample
                  statistic=iqm, # vectorised statistic over the last axis
                  jackknife=iqm_jackknife, # leave-one-out values of the statistic (None: computed by brute force)
@@ -272,7 +272,20 @@ def bca_interval(x, # one sample
     low, high = np.quantile(boot, q)
     return float(low), float(high)
 
-# %% ../nbs/30_stats_describe.ipynb #ec647dfa
+# %% ../nbs/30_stats_describe.ipynb #269a5d7a
+def mean_ci(x, # values of one configuration
+            ci:float=0.95, # confidence level
+           ) -> tuple:
+    "Mean of `x` and its t-interval `(mean, low, high)`; the interval is NaN for a single value."
+    from scipy import stats
+    x = np.asarray(x, dtype=float); n = len(x)
+    if n == 0: raise ValueError("x: expected at least one value")
+    m = float(x.mean())
+    if n < 2: return m, math.nan, math.nan
+    half = float(stats.t.ppf((1 + check_fraction('ci', ci)) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return m, m - half, m + half
+
+# %% ../nbs/30_stats_describe.ipynb #90978359
 @dataclass
 class Descriptives:
     "Per-configuration summary of one metric."
@@ -314,7 +327,7 @@ def plain(v):
     if isinstance(v, dict): return {str(k): plain(x) for k, x in v.items()}
     return v if isinstance(v, (str, type(None))) else str(v)
 
-# %% ../nbs/30_stats_describe.ipynb #99b1f901
+# %% ../nbs/30_stats_describe.ipynb #3e574755
 def describe_runs(runs, # one row per run (DataFrame or `RunTable`)
                   metric:str=None, # the column to summarise
                   by=None, # factor column(s)
@@ -324,22 +337,19 @@ def describe_runs(runs, # one row per run (DataFrame or `RunTable`)
                   seed:int=0, # bootstrap seed
                  ) -> Descriptives:
     "Per-configuration n, mean, SD, t-interval, median, IQM with BCa interval, CV% (and geometric mean on the log scale)."
-    from scipy import stats
     t = prepare_runs(runs, metric, by, scale)
     check_fraction('ci', ci)
     raw = t.groups('_value')
     rows = []
     for i, (label, v) in enumerate(raw.items()):
-        n, mean, sd = len(v), v.mean(), v.std(ddof=1)
-        half = stats.t.ppf((1 + ci) / 2, n - 1) * sd / math.sqrt(n)
+        n, sd = len(v), v.std(ddof=1)
+        mean, lo, hi = mean_ci(v, ci)
         lo_iqm, hi_iqm = bca_interval(v, ci=ci, n_boot=n_boot, seed=seed + i)
-        row = dict(config=label, n=n, mean=mean, sd=sd, ci_low=mean - half, ci_high=mean + half,
+        row = dict(config=label, n=n, mean=mean, sd=sd, ci_low=lo, ci_high=hi,
                    median=float(np.median(v)), iqm=float(iqm(v)), iqm_ci_low=lo_iqm, iqm_ci_high=hi_iqm,
                    cv_pct=100 * sd / mean if mean != 0 else math.nan)
         if t.scale == 'log':
-            lv = np.log(v); m, s = lv.mean(), lv.std(ddof=1)
-            h = stats.t.ppf((1 + ci) / 2, n - 1) * s / math.sqrt(n)
-            row.update(gmean=math.exp(m), gmean_ci_low=math.exp(m - h), gmean_ci_high=math.exp(m + h))
+            row.update(zip(('gmean', 'gmean_ci_low', 'gmean_ci_high'), np.exp(mean_ci(np.log(v), ci))))
         rows.append(row)
     table = pd.DataFrame(rows)
     levels = t.levels().reset_index(drop=True)
