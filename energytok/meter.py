@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #5997d850
+# %% ../nbs/15_meter.ipynb #b1aa6cd1
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #2c847203
+# %% ../nbs/15_meter.ipynb #985cfe12
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #25cfc4d8
+# %% ../nbs/15_meter.ipynb #5328e7ec
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -62,7 +62,7 @@ class _Acc:
         if p is not None and (self.peak_w is None or p > self.peak_w): self.peak_w = p
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
 
-# %% ../nbs/15_meter.ipynb #29948b4a
+# %% ../nbs/15_meter.ipynb #42aceebc
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -98,7 +98,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #c2f966be
+# %% ../nbs/15_meter.ipynb #540a2b64
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -117,7 +117,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #25ed67b6
+# %% ../nbs/15_meter.ipynb #430d4c6b
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -153,7 +153,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #447c9e02
+# %% ../nbs/15_meter.ipynb #d1783406
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -176,7 +176,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #4a55d65b
+# %% ../nbs/15_meter.ipynb #38d38744
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -198,7 +198,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #cfddff0c
+# %% ../nbs/15_meter.ipynb #bb404069
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -222,6 +222,7 @@ class Meter:
         self._open, self._wlock = {}, threading.Lock()
         self._thread, self._stop = None, threading.Event()
         self._lateness, self._ticks, self._first_tick, self._last_tick, self._overruns = deque(maxlen=10_000), 0, None, None, 0
+        self._errors = deque(maxlen=10)  # unexpected errors in the sampler itself (sensor failures are the tracks')
 
     @property
     def sensors(self) -> list: return [t.sensor for t in self.tracks]
@@ -231,17 +232,22 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #fe9c3fb3
+# %% ../nbs/15_meter.ipynb #a36298f0
+@patch
+def _update_peaks(self:Meter):
+    "Raise the peak total power of open windows to the sum of the sensors' latest powers, if higher."
+    powers = [tr.last[1] for tr in self.tracks if tr.last is not None and tr.last[1] is not None]
+    if not powers or not self._open: return
+    total = sum(powers)
+    with self._wlock:
+        for w in self._open.values():
+            if w['peak_total_w'] is None or total > w['peak_total_w']: w['peak_total_w'] = total
+
 @patch
 def _tick(self:Meter):
     "Sample every sensor once and update the peak total power of open windows."
     for tr in self.tracks: tr.sample()
-    powers = [tr.last[1] for tr in self.tracks if tr.last is not None and tr.last[1] is not None]
-    if powers and self._open:
-        total = sum(powers)
-        with self._wlock:
-            for w in self._open.values():
-                if w['peak_total_w'] is None or total > w['peak_total_w']: w['peak_total_w'] = total
+    self._update_peaks()
 
 @patch
 def _loop(self:Meter):
@@ -256,13 +262,13 @@ def _loop(self:Meter):
         if self._first_tick is None: self._first_tick = t
         self._last_tick = t
         try: self._tick()
-        except Exception: pass  # a failing sensor is recorded by its track; nothing may stop the sampler
+        except Exception as e: self._errors.append(f'{type(e).__name__}: {e}')  # nothing may stop the sampler
         next_t += self.period_s
         if now_s() > next_t:
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #8f8bc7a9
+# %% ../nbs/15_meter.ipynb #a6e91db8
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -286,15 +292,15 @@ def __exit__(self:Meter, *exc): self.stop()
 
 @patch
 def sampler_stats(self:Meter) -> dict:
-    "Achieved sampling period, tick lateness (jitter) percentiles and overruns of the sampler."
+    "Achieved sampling period, tick lateness (jitter) percentiles, overruns and unexpected errors of the sampler."
     import numpy as np
     late = np.array(self._lateness) if self._lateness else np.array([np.nan])
     achieved = (self._last_tick - self._first_tick) / (self._ticks - 1) if self._ticks > 1 else None
     return dict(period_s=self.period_s, ticks=self._ticks, achieved_period_s=achieved, overruns=self._overruns,
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
-                jitter_max_s=float(late.max()))
+                jitter_max_s=float(late.max()), sampler_errors=list(self._errors))
 
-# %% ../nbs/15_meter.ipynb #da1f4faa
+# %% ../nbs/15_meter.ipynb #a9b9c1c8
 @patch
 def _edge(self:Meter,
           close:str|None=None, # name of the window to close at this edge
@@ -308,7 +314,8 @@ def _edge(self:Meter,
         if close is not None and close not in self._open:
             raise ValueError(f"name: no open window called {close!r}; open: {sorted(self._open)}")
         if open_ is not None and open_ in self._open: raise ValueError(f"name: a window called {open_!r} is already open")
-        wn = self._open[open_] = dict(peak_total_w=None, edges={}, accs={}) if open_ is not None else None
+        wn = None if open_ is None else dict(peak_total_w=None, edges={}, accs={})
+        if wn is not None: self._open[open_] = wn
     if self.sync is not None: self.sync()
     t = now_s()
     with self._wlock: wc = self._open.pop(close) if close is not None else None
@@ -320,9 +327,10 @@ def _edge(self:Meter,
             if wn is not None: wn['edges'][tr], wn['accs'][tr] = [edge, None], tr.open_acc(t)
         tr.sample()
         if wc is not None: tr.close_acc(wc['accs'][tr], wc['edges'][tr])
+    if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
-# %% ../nbs/15_meter.ipynb #3935cd02
+# %% ../nbs/15_meter.ipynb #993cfada
 @patch
 def open_acc(self:_Track, t_s:float) -> _Acc:
     "Register the accumulator of a window opened at `t_s` (lock held)."
@@ -345,7 +353,7 @@ def close_acc(self:_Track, acc:_Acc, edges:list):
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
 
-# %% ../nbs/15_meter.ipynb #d8783a58
+# %% ../nbs/15_meter.ipynb #c31cf249
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
@@ -369,7 +377,7 @@ def next_window(self:Meter,
     "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
     return self._edge(close=close, open_=open_)
 
-# %% ../nbs/15_meter.ipynb #9199c7c1
+# %% ../nbs/15_meter.ipynb #a70bd1c6
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -391,7 +399,7 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #d123b4fe
+# %% ../nbs/15_meter.ipynb #3d707251
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
@@ -405,7 +413,7 @@ def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #b8655324
+# %% ../nbs/15_meter.ipynb #d06639c4
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -422,7 +430,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #57c4ecb1
+# %% ../nbs/15_meter.ipynb #92ccf26b
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -443,7 +451,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #d5ad5654
+# %% ../nbs/15_meter.ipynb #55864a1b
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -456,7 +464,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #0a1ea84a
+# %% ../nbs/15_meter.ipynb #61ba30f5
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -490,7 +498,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #c19f9430
+# %% ../nbs/15_meter.ipynb #77fb289c
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)

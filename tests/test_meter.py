@@ -60,7 +60,7 @@ def test_energy_additive_over_adjacent_windows_and_never_negative(samples, cuts)
         t += dt; e += de
         readings.append(Reading(t, energy_j=e, power_w=p))
     t0, t1 = readings[0].t_s, readings[-1].t_s
-    edge_times = sorted(t0 + c * (t1 - t0) for c in cuts)
+    edge_times = sorted(min(t1, t0 + c * (t1 - t0)) for c in cuts)  # rounding must not push an edge past the last sample
     tr = _Track(Scripted(readings), max_samples=1000)
     tr.sample()
     edges = [tr.open_edge(x) for x in edge_times]
@@ -132,6 +132,16 @@ def test_sampler_never_runs_faster_than_its_period():
     with Meter([ReplaySensor(SINE)], period_s=0.01) as m: time.sleep(0.3)
     stats = m.sampler_stats()
     assert stats['ticks'] >= 5 and stats['achieved_period_s'] >= 0.0099 and stats['jitter_p50_s'] >= 0
+
+
+def test_sampler_runs_without_errors_while_windows_open_and_close():
+    with Meter([ReplaySensor(SINE), ReplaySensor(SINE, domain='b')], period_s=0.002) as m:
+        for k in range(20):
+            m.begin_window(f'a{k}'); time.sleep(0.002)
+            m.next_window(f'a{k}', f'b{k}'); time.sleep(0.002)
+            m.end_window(f'b{k}')
+        assert m._open == {}
+    assert m.sampler_stats()['sampler_errors'] == []
 
 
 def test_stop_ends_the_thread():
