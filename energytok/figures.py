@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/figures.html.md"""
 __all__ = ['Plot', 'axis_label', 'box_strip', 'interaction_plot', 'forest_plot', 'qq_plot', 'residuals_vs_order', 'ecdf_plot',
            'pareto_front', 'pareto_plot']
 
-# %% ../nbs/36_figures.ipynb #e4f1473c
+# %% ../nbs/36_figures.ipynb #f7540548
 import io, math, base64, html
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/36_figures.ipynb #1ffc46c7
+# %% ../nbs/36_figures.ipynb #5bb2c5b8
 @dataclass
 class Plot:
     "A named matplotlib figure with its caption; renders to PNG once."
@@ -79,7 +79,7 @@ def _subsample(t, max_points, seed):
     keep = np.concatenate(keep)
     return keep, len(keep) < len(codes)
 
-# %% ../nbs/36_figures.ipynb #98fc04b6
+# %% ../nbs/36_figures.ipynb #d3d186d2
 def box_strip(table, # a `RunTable` (`prepare_runs`)
               label:str=None, # axis text; default from the metric
               max_points:int=150, # most runs drawn as points per configuration
@@ -102,7 +102,7 @@ def box_strip(table, # a `RunTable` (`prepare_runs`)
             "box outliers are drawn too." if sub else "every run.")
     return Plot('box_strip', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #85a4ae3e
+# %% ../nbs/36_figures.ipynb #f230a127
 def interaction_plot(desc, # a `Descriptives` (`describe_runs`)
                      label:str=None, # axis text; default from the metric
                     ) -> Plot:
@@ -132,9 +132,10 @@ def interaction_plot(desc, # a `Descriptives` (`describe_runs`)
             if len(by) > 1 else f" across the levels of {x}."))
     return Plot('interaction', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #2ad41979
+# %% ../nbs/36_figures.ipynb #a8343ce8
 def forest_plot(pw, # a `PairwiseResult` (`pairwise`)
                 label:str=None, # axis text; default from the metric
+                energy_tag:str=None, # provenance label added to the default axis text
                ) -> Plot:
     "Pairwise ratios (log scale) or differences (linear) with intervals, significant pairs filled."
     tab = pw.table.iloc[::-1]
@@ -150,16 +151,18 @@ def forest_plot(pw, # a `PairwiseResult` (`pairwise`)
     ax.axvline(1.0 if log else 0.0, color='0.4', ls='--', lw=1)
     if log: ax.set_xscale('log'); _plain_log_ticks(ax.xaxis)
     ax.set_yticks(y, [f'{a}  vs  {b}' for a, b in zip(tab['a'], tab['b'])], fontsize=8 if n < 30 else 6.5)
-    ax.set_xlabel(label or (f'ratio of {pw.metric} (a / b, log axis)' if log else f'difference of {pw.metric} (a - b)'))
+    default = f'ratio of {pw.metric} (a / b, log axis)' if log else f'difference of {pw.metric} (a - b)'
+    ax.set_xlabel(label or default + (f'\n{energy_tag}' if energy_tag else ''))
     ax.legend(fontsize=8, loc='best')
     kind = 'simultaneous' if pw.ci_simultaneous else 'per-comparison (not adjusted)'
     cap = (f"{'Ratio a/b' if log else 'Difference a - b'} of every pair with its {pw.ci:.0%} {kind} interval, "
            f"{pw.method} adjustment; filled markers: adjusted p < {pw.alpha:g}; dashed line: no difference.")
     return Plot('forest', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #7a3a4762
+# %% ../nbs/36_figures.ipynb #476ab027
 def qq_plot(checks, # an `AssumptionChecks` (`check_assumptions`)
             max_points:int=2000, # most order statistics drawn
+            energy_tag:str=None, # provenance label added to the residual axis (e.g. 'ESTIMATE (...)')
            ) -> Plot:
     "Normal QQ plot of the standardised residuals with a line through the quartiles."
     from scipy import stats
@@ -176,16 +179,17 @@ def qq_plot(checks, # an `AssumptionChecks` (`check_assumptions`)
     slope = (q3 - q1) / (t3 - t1)
     xs = np.array([theo[0], theo[-1]])
     ax.plot(xs, q1 + slope * (xs - t1), color='0.3', ls='--', lw=1)
-    ax.set_xlabel('normal quantiles'); ax.set_ylabel('standardised residual')
+    ax.set_xlabel('normal quantiles'); ax.set_ylabel('standardised residual' + (f'\n{energy_tag}' if energy_tag else ''))
     ax.set_title(f'Shapiro-Wilk W = {checks.shapiro_w:.4f}, p = {checks.shapiro_p:.3g}', fontsize=9)
     pts = 'every residual' if len(idx) == n else f'{len(idx):,} evenly spaced order statistics of the {n:,} residuals'
     return Plot('qq', f"Normal QQ plot of the cell-means residuals ({pts}); dashed: line through the quartiles.", fig)
 
-# %% ../nbs/36_figures.ipynb #39b4d807
+# %% ../nbs/36_figures.ipynb #8610af8d
 def residuals_vs_order(checks, # an `AssumptionChecks`
                        max_points:int=3000, # most runs drawn as points
                        bins:int=30, # bins of the running mean
                        seed:int=0, # seed of the subsample
+                       energy_tag:str=None, # provenance label added to the residual axis
                       ) -> Plot:
     "Residuals against run order with a binned mean over all runs."
     d = checks.residuals.sort_values('order')
@@ -198,14 +202,14 @@ def residuals_vs_order(checks, # an `AssumptionChecks`
     ax.plot(binned['order'], binned['resid'], color='#c0392b', lw=1.6, label=f'mean of {nb} bins')
     ax.axhline(0, color='0.4', ls='--', lw=1)
     ax.set_xlabel(f'run order ({checks.order_source})')
-    ax.set_ylabel('residual' + (' (log scale)' if checks.scale == 'log' else ''))
+    ax.set_ylabel('residual' + (' (log scale)' if checks.scale == 'log' else '') + (f'\n{energy_tag}' if energy_tag else ''))
     drift = (f'{checks.drift_pct_per_100_runs:+.2f}% per 100 runs' if checks.scale == 'log' else f'{checks.drift_slope:+.3g} per run')
     ax.set_title(f'Durbin-Watson = {checks.durbin_watson:.2f}; drift {drift} (p = {checks.drift_p:.3g})', fontsize=9)
     ax.legend(fontsize=8)
     sub = 'every run' if len(pts) == n else f'{max_points:,} runs drawn at random (seed {seed}) of {n:,}'
     return Plot('residuals_order', f"Cell-means residuals against run order ({sub}); red: binned mean over all runs.", fig)
 
-# %% ../nbs/36_figures.ipynb #488751d6
+# %% ../nbs/36_figures.ipynb #caf6b8fc
 def ecdf_plot(table, # a `RunTable`
               label:str=None, # axis text; default from the metric
              ) -> Plot:
@@ -223,7 +227,7 @@ def ecdf_plot(table, # a `RunTable`
         for txt in leg.get_texts(): txt.set_fontsize(7)
     return Plot('ecdf', f"Empirical cumulative distribution of {table.metric} per configuration, all {len(table.data):,} runs.", fig)
 
-# %% ../nbs/36_figures.ipynb #efdadeed
+# %% ../nbs/36_figures.ipynb #fc0dad8b
 def pareto_front(x_higher_better, # e.g. tokens/s per configuration
                  y_lower_better, # e.g. J/token per configuration
                 ) -> np.ndarray:
@@ -232,7 +236,7 @@ def pareto_front(x_higher_better, # e.g. tokens/s per configuration
     dominated = ((x[None, :] >= x[:, None]) & (y[None, :] <= y[:, None]) & ((x[None, :] > x[:, None]) | (y[None, :] < y[:, None]))).any(axis=1)
     return ~dominated
 
-# %% ../nbs/36_figures.ipynb #95162633
+# %% ../nbs/36_figures.ipynb #f18e0252
 def pareto_plot(table, # a `RunTable` of the metric (lower is better)
                 throughput, # tokens/s per run, aligned with `table.data`
                 label:str=None, # y-axis text; default from the metric
