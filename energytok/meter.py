@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #b1aa6cd1
+# %% ../nbs/15_meter.ipynb #1a810a35
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #985cfe12
+# %% ../nbs/15_meter.ipynb #d6f35734
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #5328e7ec
+# %% ../nbs/15_meter.ipynb #afb4c945
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -62,7 +62,7 @@ class _Acc:
         if p is not None and (self.peak_w is None or p > self.peak_w): self.peak_w = p
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
 
-# %% ../nbs/15_meter.ipynb #42aceebc
+# %% ../nbs/15_meter.ipynb #16fcd52c
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -98,7 +98,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #540a2b64
+# %% ../nbs/15_meter.ipynb #205e9ab8
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -117,7 +117,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #430d4c6b
+# %% ../nbs/15_meter.ipynb #ddae9c25
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -153,7 +153,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #d1783406
+# %% ../nbs/15_meter.ipynb #d47de269
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -176,7 +176,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #38d38744
+# %% ../nbs/15_meter.ipynb #7897c36d
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -198,7 +198,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #bb404069
+# %% ../nbs/15_meter.ipynb #6107505e
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -232,7 +232,7 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #a36298f0
+# %% ../nbs/15_meter.ipynb #61525612
 @patch
 def _update_peaks(self:Meter):
     "Raise the peak total power of open windows to the sum of the sensors' latest powers, if higher."
@@ -268,7 +268,7 @@ def _loop(self:Meter):
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #a6e91db8
+# %% ../nbs/15_meter.ipynb #96414266
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -300,7 +300,7 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
                 jitter_max_s=float(late.max()), sampler_errors=list(self._errors))
 
-# %% ../nbs/15_meter.ipynb #a9b9c1c8
+# %% ../nbs/15_meter.ipynb #126b0ffa
 @patch
 def _edge(self:Meter,
           close:str|None=None, # name of the window to close at this edge
@@ -309,7 +309,8 @@ def _edge(self:Meter,
     "Take one window edge now: close `close` and/or open `open_` at the same instant; returns the closed window's result."
     if open_ is not None and (not isinstance(open_, str) or not open_):
         raise TypeError(f"name: expected a non-empty string, got {open_!r}")
-    if not self.running: raise RuntimeError("Meter is not running: use `with Meter() as m:` or `m.start()` first")
+    if open_ is not None and not self.running:
+        raise RuntimeError("Meter is not running: use `with Meter() as m:` or `m.start()` first")
     with self._wlock:
         if close is not None and close not in self._open:
             raise ValueError(f"name: no open window called {close!r}; open: {sorted(self._open)}")
@@ -330,7 +331,7 @@ def _edge(self:Meter,
     if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
-# %% ../nbs/15_meter.ipynb #993cfada
+# %% ../nbs/15_meter.ipynb #7b10b248
 @patch
 def open_acc(self:_Track, t_s:float) -> _Acc:
     "Register the accumulator of a window opened at `t_s` (lock held)."
@@ -353,7 +354,7 @@ def close_acc(self:_Track, acc:_Acc, edges:list):
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
 
-# %% ../nbs/15_meter.ipynb #c31cf249
+# %% ../nbs/15_meter.ipynb #0bf981ae
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
@@ -377,7 +378,7 @@ def next_window(self:Meter,
     "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
     return self._edge(close=close, open_=open_)
 
-# %% ../nbs/15_meter.ipynb #a70bd1c6
+# %% ../nbs/15_meter.ipynb #ff61fc04
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -399,7 +400,7 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #3d707251
+# %% ../nbs/15_meter.ipynb #49a67fb6
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
@@ -413,7 +414,7 @@ def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #d06639c4
+# %% ../nbs/15_meter.ipynb #fd20920f
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -430,7 +431,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #92ccf26b
+# %% ../nbs/15_meter.ipynb #3c960158
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -451,7 +452,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #55864a1b
+# %% ../nbs/15_meter.ipynb #45a622d0
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -464,7 +465,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #61ba30f5
+# %% ../nbs/15_meter.ipynb #8b0c6aca
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -498,7 +499,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #77fb289c
+# %% ../nbs/15_meter.ipynb #98842d53
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)

@@ -215,8 +215,16 @@ def test_duplicate_domains_refused():
     with pytest.raises(ValueError, match='distinct domains'): Meter([ReplaySensor(SINE), ReplaySensor(SINE)])
 
 
-def test_window_needs_a_running_meter():
+def test_window_needs_a_running_meter_to_open_not_to_close():
     with pytest.raises(RuntimeError, match='not running'): Meter([ReplaySensor(SINE)]).begin_window('w')
+    rs = ReplaySensor(SINE)
+    with Meter([rs], period_s=0.01) as m:
+        m.begin_window('w'); time.sleep(0.05)
+    time.sleep(0.05)
+    r = m.end_window('w')  # after stop: the edges are read directly
+    truth = SINE_E(r.end_s - rs.t0_s) - SINE_E(r.start_s - rs.t0_s)
+    assert r.counter_energy_by_domain_j['replay:0'] == pytest.approx(truth, rel=1e-4)  # interpolated across the gap
+    assert any(f.startswith('sampling-gap') for f in r.flags)  # no samples while stopped, and it says so
 
 
 def test_exception_in_block_closes_and_flags_the_window():
