@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #1a810a35
+# %% ../nbs/15_meter.ipynb #bca956ba
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #d6f35734
+# %% ../nbs/15_meter.ipynb #ae448ef2
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #afb4c945
+# %% ../nbs/15_meter.ipynb #7be4db79
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -52,6 +52,7 @@ class _Acc:
     n: int = 0  # samples with a < t <= b
     peak_w: float|None = None  # highest power among them
     max_gap_s: float = 0.0  # longest interval without a sample inside the window
+    last_t_s: float|None = None  # time of the latest sample inside the window
     errors: int = 0  # failed reads inside the window
     first_error: str = ''  # message of the first failed read
 
@@ -61,8 +62,9 @@ class _Acc:
         self.n += 1
         if p is not None and (self.peak_w is None or p > self.peak_w): self.peak_w = p
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
+        self.last_t_s = t
 
-# %% ../nbs/15_meter.ipynb #16fcd52c
+# %% ../nbs/15_meter.ipynb #c063a686
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -98,7 +100,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #205e9ab8
+# %% ../nbs/15_meter.ipynb #2dca0b0c
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -117,7 +119,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #ddae9c25
+# %% ../nbs/15_meter.ipynb #a5b24160
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -153,7 +155,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #d47de269
+# %% ../nbs/15_meter.ipynb #696b1d4c
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -176,7 +178,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #7897c36d
+# %% ../nbs/15_meter.ipynb #9a75fab2
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -198,7 +200,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #6107505e
+# %% ../nbs/15_meter.ipynb #737a029b
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -232,7 +234,7 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #61525612
+# %% ../nbs/15_meter.ipynb #84238ee9
 @patch
 def _update_peaks(self:Meter):
     "Raise the peak total power of open windows to the sum of the sensors' latest powers, if higher."
@@ -268,7 +270,7 @@ def _loop(self:Meter):
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #96414266
+# %% ../nbs/15_meter.ipynb #233bb25f
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -300,7 +302,7 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
                 jitter_max_s=float(late.max()), sampler_errors=list(self._errors))
 
-# %% ../nbs/15_meter.ipynb #126b0ffa
+# %% ../nbs/15_meter.ipynb #42033708
 @patch
 def _edge(self:Meter,
           close:str|None=None, # name of the window to close at this edge
@@ -331,7 +333,7 @@ def _edge(self:Meter,
     if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
-# %% ../nbs/15_meter.ipynb #7b10b248
+# %% ../nbs/15_meter.ipynb #3dcc2bb3
 @patch
 def open_acc(self:_Track, t_s:float) -> _Acc:
     "Register the accumulator of a window opened at `t_s` (lock held)."
@@ -354,7 +356,7 @@ def close_acc(self:_Track, acc:_Acc, edges:list):
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
 
-# %% ../nbs/15_meter.ipynb #0bf981ae
+# %% ../nbs/15_meter.ipynb #7f89673d
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
@@ -378,7 +380,7 @@ def next_window(self:Meter,
     "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
     return self._edge(close=close, open_=open_)
 
-# %% ../nbs/15_meter.ipynb #ff61fc04
+# %% ../nbs/15_meter.ipynb #ea19e287
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -400,21 +402,21 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #49a67fb6
+# %% ../nbs/15_meter.ipynb #4b0081d7
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
     d, s, out = tr.sensor.domain, tr.sensor, []
     if s.has_counter and s.update_period_s and dur < 10 * s.update_period_s:
         out.append(f'short-window:{d}: {dur:.3g} s is under 10 counter refreshes ({s.update_period_s:g} s each)')
-    gap = max(acc.max_gap_s, (b.t_s - a.t_s) if acc.n == 0 else 0.0)
+    gap = max(acc.max_gap_s, b.t_s - (a.t_s if acc.last_t_s is None else acc.last_t_s))  # the tail counts too
     if gap > 3 * self.period_s:
         out.append(f'sampling-gap:{d}: {gap * 1e3:.0f} ms without a sample (period {self.period_s * 1e3:g} ms)')
     if acc.errors: out.append(f'sensor-error:{d}: {acc.errors} failed read(s); first: {acc.first_error}')
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #fd20920f
+# %% ../nbs/15_meter.ipynb #6bdc86e4
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -431,7 +433,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #3c960158
+# %% ../nbs/15_meter.ipynb #4e7c7054
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -452,7 +454,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #45a622d0
+# %% ../nbs/15_meter.ipynb #29e352c6
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -465,7 +467,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #8b0c6aca
+# %% ../nbs/15_meter.ipynb #abf228a5
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -499,7 +501,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #98842d53
+# %% ../nbs/15_meter.ipynb #572b8f61
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)
