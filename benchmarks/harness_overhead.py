@@ -16,15 +16,20 @@ def main() -> None:
     ap.add_argument('--prompt_tokens', type=int, default=64)
     ap.add_argument('--new_tokens', type=int, default=64)
     ap.add_argument('--dtype', default='fp32')
+    ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: 1 on CPU, as `energytok run`)')
     ap.add_argument('--skip_cli', action='store_true', help='do not time the default `energytok run`')
     a = ap.parse_args()
 
     from energytok.harness import BuiltinBackend, RunConfig, measure_generation, run_result, best_device
     from energytok.model import generate
     from energytok.meter import Meter
+    import torch
     dev = best_device()
+    threads = a.threads or (1 if dev == 'cpu' else None)
+    if threads: torch.set_num_threads(threads)
     be = BuiltinBackend(dev, a.dtype)
-    cfg = RunConfig(dtype=a.dtype, batch_size=a.batch_size, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, device=dev)
+    cfg = RunConfig(dtype=a.dtype, batch_size=a.batch_size, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, device=dev,
+                    threads=threads)
     prompts = be.prompts(a.batch_size, a.prompt_tokens)
     be.quality()  # evaluated once, outside the timings, as in a sweep
 
@@ -49,7 +54,7 @@ def main() -> None:
             assert b[1] == h[1], 'both must generate the same number of tokens'
             tb.append(b[0]); th.append(h[0]); ratios.append(h[0] / b[0])
     n_tok = b[1]
-    print(f'device {dev}, dtype {a.dtype}, batch {a.batch_size}, prompt {a.prompt_tokens}, new {a.new_tokens}, '
+    print(f'device {dev}, threads {torch.get_num_threads()}, dtype {a.dtype}, batch {a.batch_size}, prompt {a.prompt_tokens}, new {a.new_tokens}, '
           f'{a.pairs} interleaved pairs, meter sensors: {provenance}')
     print(f"{'case':<10} {'median_s':>10} {'tokens':>8}")
     print(f"{'bare':<10} {statistics.median(tb):>10.4f} {n_tok:>8}")
