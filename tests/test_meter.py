@@ -33,7 +33,9 @@ def test_integration_error_below_0_1_percent_at_10_ms(trace, exact):
         for k in range(3):
             with m.window(f'w{k}') as w: time.sleep(0.25 + 0.1 * k)
             results.append(w.result)
-    for r in results:
+    at_period = [r for r in results if not any(f.startswith('sampling-gap') for f in r.flags)]
+    assert at_period, 'the machine starved the sampler in every window (each one flagged sampling-gap)'
+    for r in at_period:  # windows sampled at the 10 ms period (a starved window says so and is not the claim)
         truth = exact(r.end_s - rs.t0_s) - exact(r.start_s - rs.t0_s)
         assert r.polling_energy_by_domain_j['replay:0'] == pytest.approx(truth, rel=1e-3)
         assert r.counter_energy_by_domain_j['replay:0'] == pytest.approx(truth, rel=1e-3)
