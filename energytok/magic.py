@@ -7,20 +7,20 @@ Docs: https://energytok.github.io/energytok/magic.html.md"""
 # %% auto #0
 __all__ = ['summary_line', 'JoulesMagics', 'load_ipython_extension']
 
-# %% ../nbs/16_magic.ipynb #ebe5abfd
+# %% ../nbs/16_magic.ipynb #5f1caae3
 import sys
 from IPython.core.magic import Magics, magics_class, cell_magic
 from IPython.core.magic_arguments import magic_arguments, argument, parse_argstring
 from .meter import Meter
 
-# %% ../nbs/16_magic.ipynb #8e8bd4e6
+# %% ../nbs/16_magic.ipynb #5f0b978f
 def _cuda_sync():
     "`torch.cuda.synchronize` if torch is already imported with CUDA initialised, else None."
     torch = sys.modules.get('torch')
     try: return torch.cuda.synchronize if torch is not None and torch.cuda.is_initialized() else None
     except Exception: return None
 
-# %% ../nbs/16_magic.ipynb #74175bc2
+# %% ../nbs/16_magic.ipynb #5a5a1770
 def summary_line(result) -> str:
     "One line for a metered cell: energy, average power, duration, provenance (and ESTIMATE when estimated)."
     est = ', ESTIMATE' if result.estimated else ''
@@ -28,7 +28,7 @@ def summary_line(result) -> str:
     return (f"energy: {result.energy_j:.4g} J ({result.provenance_label}{est}) | avg power: {result.avg_power_w:.1f} W"
             f" | duration: {result.duration_s:.3f} s{idle}")
 
-# %% ../nbs/16_magic.ipynb #12afed07
+# %% ../nbs/16_magic.ipynb #d0f54deb
 @magics_class
 class JoulesMagics(Magics):
     "The `%%joules` cell magic."
@@ -59,7 +59,7 @@ class JoulesMagics(Magics):
             print(summary_line(r))
             for f in r.flags: print(f'  flag: {f}')
 
-# %% ../nbs/16_magic.ipynb #4b4e804d
+# %% ../nbs/16_magic.ipynb #07c1fd39
 def load_ipython_extension(ipython):
     "Register `%%joules` (called by `%load_ext energytok`)."
     ipython.register_magics(JoulesMagics(ipython))

@@ -7,13 +7,13 @@ Docs: https://energytok.github.io/energytok/nvml.html.md"""
 # %% auto #0
 __all__ = ['NVML_COUNTER_UPDATE_S', 'FakeNVML', 'NVMLSensor', 'nvml_statuses']
 
-# %% ../nbs/11_nvml.ipynb #632ade76
+# %% ../nbs/11_nvml.ipynb #6f8b1148
 import os
 from types import SimpleNamespace
 from fastcore.basics import patch
 from .sensors import Sensor, SensorError, SensorStatus, Reading, CounterUnwrap, ReplaySensor, Trace, now_s
 
-# %% ../nbs/11_nvml.ipynb #6138d576
+# %% ../nbs/11_nvml.ipynb #092f0891
 NVML_COUNTER_UPDATE_S = 0.1  # refresh period of NVML's energy counter (Yang et al., arXiv 2312.02741), s
 
 def _str(x) -> str: return x.decode() if isinstance(x, bytes) else str(x)
@@ -23,7 +23,7 @@ def _value(v) -> float:
     kind = {0: 'dVal', 1: 'uiVal', 2: 'ulVal', 3: 'ullVal', 4: 'sllVal', 5: 'siVal', 6: 'usVal'}[int(v.valueType)]
     return float(getattr(v.value, kind))
 
-# %% ../nbs/11_nvml.ipynb #18cf8cda
+# %% ../nbs/11_nvml.ipynb #0765e294
 class FakeNVML:
     "A stand-in for the `pynvml` module with scripted devices, for tests and docs on machines without a GPU."
     NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT, NVML_TEMPERATURE_GPU, NVML_SUCCESS = 185, 186, 0, 0
@@ -94,7 +94,7 @@ class FakeNVML:
         return [SimpleNamespace(fieldId=f, nvmlReturn=self.NVML_SUCCESS if ok(f) else self.NVML_ERROR_NOT_SUPPORTED,
                                 valueType=1, value=SimpleNamespace(uiVal=mw if ok(f) else 0)) for f in field_ids]
 
-# %% ../nbs/11_nvml.ipynb #90d0dec0
+# %% ../nbs/11_nvml.ipynb #d429f213
 class NVMLSensor(Sensor):
     "One NVIDIA GPU read through NVML: energy counter (primary) and polled power."
     kind, power_provenance = 'nvml', 'nvml-power'
@@ -123,7 +123,7 @@ class NVMLSensor(Sensor):
         try: return fn()
         except self.nv.NVMLError: return None
 
-# %% ../nbs/11_nvml.ipynb #31876efb
+# %% ../nbs/11_nvml.ipynb #c9b4a3fd
 @patch
 def _field_power_w(self:NVMLSensor, field_id:int) -> float|None:
     "Power from one NVML field (mW), or None if the driver does not have that field."
@@ -148,7 +148,7 @@ def read_power_w(self:NVMLSensor) -> float:
     if p is None: raise SensorError(f"{self.domain}: NVML power field '{self.power_field}' stopped answering")
     return p
 
-# %% ../nbs/11_nvml.ipynb #2c8324c2
+# %% ../nbs/11_nvml.ipynb #84b3821a
 @patch
 def read(self:NVMLSensor) -> Reading:
     "The energy counter (J since first read, unwrapped) and polled power (W), now."
@@ -175,7 +175,7 @@ def method(self:NVMLSensor) -> dict:
                 power_limit_w=self.power_limit_w, counter='nvmlDeviceGetTotalEnergyConsumption (mJ)' if self.has_counter else None,
                 power=power, counter_wraps=self._unwrap.wraps, mig_instances=self.mig)
 
-# %% ../nbs/11_nvml.ipynb #56d648c8
+# %% ../nbs/11_nvml.ipynb #9d8f4f90
 def _physical_devices(nv) -> list:
     "Every physical GPU NVML sees: index, handle, UUID and the UUIDs of its MIG instances."
     out = []
@@ -191,7 +191,7 @@ def _physical_devices(nv) -> list:
         out.append(dict(index=i, handle=h, uuid=_str(nv.nvmlDeviceGetUUID(h)), mig=migs, mig_on=mig_on))
     return out
 
-# %% ../nbs/11_nvml.ipynb #ee5f514e
+# %% ../nbs/11_nvml.ipynb #1380dfde
 def _resolve_visible(devices:list, # from `_physical_devices`
                      visible:str|None, # the value of CUDA_VISIBLE_DEVICES (None: unset)
                     ) -> tuple:
@@ -210,7 +210,7 @@ def _resolve_visible(devices:list, # from `_physical_devices`
         out.append(hits[0])
     return out, ''
 
-# %% ../nbs/11_nvml.ipynb #33244503
+# %% ../nbs/11_nvml.ipynb #fffa432e
 def nvml_statuses(nv=None, # the `pynvml` module or a stand-in (None: import pynvml)
                   env:dict|None=None, # environment to read CUDA_VISIBLE_DEVICES from (None: os.environ)
                  ) -> list:
@@ -233,7 +233,7 @@ def nvml_statuses(nv=None, # the `pynvml` module or a stand-in (None: import pyn
     if note: out.append(SensorStatus('nvml', f'gpu:{len(visible)}', False, reason=note))
     return out
 
-# %% ../nbs/11_nvml.ipynb #708c6dcf
+# %% ../nbs/11_nvml.ipynb #03c3091b
 def _device_status(nv, d:dict, domain:str, mig:str|None) -> SensorStatus:
     "The `SensorStatus` of one visible device."
     try: s = NVMLSensor(nv, d['handle'], domain, d['index'], mig=[mig] if mig else [])

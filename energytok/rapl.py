@@ -7,13 +7,13 @@ Docs: https://energytok.github.io/energytok/rapl.html.md"""
 # %% auto #0
 __all__ = ['RAPL_ROOT', 'RAPL_UPDATE_S', 'write_fake_powercap', 'RAPLSensor', 'rapl_statuses']
 
-# %% ../nbs/12_rapl.ipynb #567e67f2
+# %% ../nbs/12_rapl.ipynb #7b42e3bc
 import re
 from pathlib import Path
 from fastcore.basics import patch
 from .sensors import Sensor, SensorError, SensorStatus, Reading, CounterUnwrap, now_s
 
-# %% ../nbs/12_rapl.ipynb #0f4ade05
+# %% ../nbs/12_rapl.ipynb #8044a757
 RAPL_ROOT = Path('/sys/class/powercap')  # where the kernel exposes powercap zones
 RAPL_UPDATE_S = 1e-3  # refresh period of the RAPL energy counters (Hähnel et al. 2012), s
 
@@ -21,7 +21,7 @@ def _read_text(path) -> str:
     "The stripped content of a sysfs file."
     with open(path) as f: return f.read().strip()
 
-# %% ../nbs/12_rapl.ipynb #0bda705b
+# %% ../nbs/12_rapl.ipynb #0227d498
 def write_fake_powercap(root, # folder to create the tree in
                         packages:int=1, # number of CPU packages
                         dram:bool=True, # add a `dram` sub-zone to each package
@@ -40,7 +40,7 @@ def write_fake_powercap(root, # folder to create the tree in
         if dram: zone(root/f'intel-rapl:{p}'/f'intel-rapl:{p}:0', 'dram')
     return root
 
-# %% ../nbs/12_rapl.ipynb #c9050dd0
+# %% ../nbs/12_rapl.ipynb #1a46823e
 class RAPLSensor(Sensor):
     "One RAPL zone (CPU package or DRAM) read from its `energy_uj` counter."
     kind, provenance, power_provenance = 'rapl', 'rapl', 'rapl'
@@ -61,7 +61,7 @@ class RAPLSensor(Sensor):
         return dict(zone=str(self.zone), zone_name=self.zone_name, counter='energy_uj (µJ)',
                     max_energy_range_uj=self.max_energy_range_uj, counter_wraps=self._unwrap.wraps)
 
-# %% ../nbs/12_rapl.ipynb #b9e46496
+# %% ../nbs/12_rapl.ipynb #7ca808e5
 @patch
 def read(self:RAPLSensor) -> Reading:
     "The zone's energy since the first read, J, unwrapped."
@@ -69,7 +69,7 @@ def read(self:RAPLSensor) -> Reading:
     except (OSError, ValueError) as e: raise SensorError(f"{self.domain}: cannot read {self._path}: {e}") from e
     return Reading(now_s(), energy_j=self._unwrap(raw))
 
-# %% ../nbs/12_rapl.ipynb #866faa88
+# %% ../nbs/12_rapl.ipynb #40ec0d6b
 def _zones(root:Path) -> dict:
     "Every `intel-rapl:*` zone under `root`, by folder name (top level or nested in its package)."
     found = {}
@@ -77,7 +77,7 @@ def _zones(root:Path) -> dict:
         if re.fullmatch(r'intel-rapl:\d+(:\d+)?', p.name) and p.is_dir(): found.setdefault(p.name, p)
     return found
 
-# %% ../nbs/12_rapl.ipynb #bb1cdcfc
+# %% ../nbs/12_rapl.ipynb #107a78f1
 def _unreadable(path:Path) -> str:
     "Why `path` cannot be read ('' if it can)."
     try: _read_text(path); return ''
@@ -86,7 +86,7 @@ def _unreadable(path:Path) -> str:
                 f"run as root or grant read access, e.g. `sudo chmod a+r {path}`")
     except OSError as e: return f"{path} cannot be read: {e}"
 
-# %% ../nbs/12_rapl.ipynb #cb540b25
+# %% ../nbs/12_rapl.ipynb #8c3ecd5b
 def _zone_status(zone:Path, package:str) -> SensorStatus:
     "The status of one zone: a package or DRAM sensor, or why it is not used."
     name = _read_text(zone/'name')
@@ -101,7 +101,7 @@ def _zone_status(zone:Path, package:str) -> SensorStatus:
     s = RAPLSensor(zone, domain)
     return SensorStatus('rapl', domain, True, 'rapl', False, f'{zone.name} energy_uj counter', sensor=s)
 
-# %% ../nbs/12_rapl.ipynb #cf1fa26d
+# %% ../nbs/12_rapl.ipynb #2e382c3c
 def rapl_statuses(root=None, # powercap folder (None: /sys/class/powercap)
                  ) -> list:
     "One `SensorStatus` per RAPL zone under `root`, or one absent status saying why there is none."

@@ -9,7 +9,7 @@ __all__ = ['now_s', 'Reading', 'SensorError', 'CounterUnwrap', 'Sensor', 'Trace'
            'codecarbon_cpu_tdp', 'CodecarbonCPUEstimate', 'SensorStatus', 'estimate_status', 'sensor_statuses',
            'available_sensors', 'describe_sensors', 'sensors_cli']
 
-# %% ../nbs/10_sensors.ipynb #ee0bb68f
+# %% ../nbs/10_sensors.ipynb #9a202aa0
 import bisect, csv, functools, json, logging, math, os, tempfile, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,10 +19,10 @@ from fastcore.basics import patch
 from fastcore.script import call_parse
 from .checks import check_positive, check_choice
 
-# %% ../nbs/10_sensors.ipynb #e1fda8b5
+# %% ../nbs/10_sensors.ipynb #e98f45ab
 now_s = time.monotonic  # the clock of every reading and window edge (monotonic, seconds)
 
-# %% ../nbs/10_sensors.ipynb #54928641
+# %% ../nbs/10_sensors.ipynb #509161f6
 @dataclass(frozen=True, slots=True)
 class Reading:
     "One sample of a sensor: monotonic time, cumulative energy and/or power."
@@ -30,11 +30,11 @@ class Reading:
     energy_j: float|None = None  # cumulative energy since the sensor was created, J (unwrapped)
     power_w: float|None = None  # power at `t_s`, W
 
-# %% ../nbs/10_sensors.ipynb #3630c07e
+# %% ../nbs/10_sensors.ipynb #568037f6
 class SensorError(RuntimeError):
     "A sensor could not be read; the message says which sensor and why."
 
-# %% ../nbs/10_sensors.ipynb #3e05ea82
+# %% ../nbs/10_sensors.ipynb #29b67b17
 class CounterUnwrap:
     "Turn successive raw counter values into energy accumulated since the first one, across wraparounds."
     def __init__(self,
@@ -52,7 +52,7 @@ class CounterUnwrap:
         self.last = raw
         return (raw - self.first + self.wraps * self.range_raw) * self.scale_j
 
-# %% ../nbs/10_sensors.ipynb #d6553206
+# %% ../nbs/10_sensors.ipynb #0683659a
 class Sensor:
     "A source of power and/or energy readings for one domain."
     domain = 'sensor'  # e.g. 'gpu:0', 'cpu:0-package', 'cpu:0-dram', 'cpu-estimate'
@@ -82,7 +82,7 @@ class Sensor:
         how = '+'.join(s for s, b in (('counter', self.has_counter), ('power', self.has_power)) if b)
         return f"{type(self).__name__}({self.domain!r}, {self.provenance}, {how}{', estimated' if self.estimated else ''})"
 
-# %% ../nbs/10_sensors.ipynb #40314880
+# %% ../nbs/10_sensors.ipynb #b54a245f
 @patch
 def info(self:Sensor) -> dict:
     "What this sensor is: domain, provenance, what it reads, and its method."
@@ -90,7 +90,7 @@ def info(self:Sensor) -> dict:
                 estimated=self.estimated, has_counter=self.has_counter, has_power=self.has_power,
                 update_period_s=self.update_period_s, **self.method())
 
-# %% ../nbs/10_sensors.ipynb #05cac057
+# %% ../nbs/10_sensors.ipynb #66f1187e
 @dataclass
 class Trace:
     "A recorded power trace: times, power and optionally cumulative energy, with metadata."
@@ -116,7 +116,7 @@ class Trace:
         return (f"Trace({len(self.t_s)} samples over {self.duration_s:g} s, power {self.power_w.min():.1f}-"
                 f"{self.power_w.max():.1f} W, source: {self.meta.get('source', 'unknown')})")
 
-# %% ../nbs/10_sensors.ipynb #a954f9f5
+# %% ../nbs/10_sensors.ipynb #a9781cec
 @patch(cls_method=True)
 def from_function(cls:Trace,
                   power_fn, # vectorised function of time (s) returning power (W)
@@ -129,7 +129,7 @@ def from_function(cls:Trace,
     t = np.linspace(0.0, duration_s, n + 1)
     return cls(t, np.asarray(power_fn(t), float) * np.ones_like(t), meta=meta)
 
-# %% ../nbs/10_sensors.ipynb #ca721508
+# %% ../nbs/10_sensors.ipynb #fb50612f
 def load_trace(path, # a .csv or .json trace file
               ) -> Trace:
     "Read a `Trace` from a CSV or JSON file."
@@ -151,7 +151,7 @@ def load_trace(path, # a .csv or .json trace file
     cols = dict(zip(header, np.array([[float(x) for x in r] for r in reader]).T))
     return Trace(cols['t_s'], cols['power_w'], cols.get('energy_j'), meta=meta)
 
-# %% ../nbs/10_sensors.ipynb #4c68a9e7
+# %% ../nbs/10_sensors.ipynb #26b24b24
 def save_trace(trace:Trace, # the trace to write
                path, # destination, .csv or .json
               ) -> Path:
@@ -168,7 +168,7 @@ def save_trace(trace:Trace, # the trace to write
         for row in zip(*cols.values()): f.write(','.join(f'{x:.9g}' for x in row) + '\n')
     return path
 
-# %% ../nbs/10_sensors.ipynb #ed2b5eb2
+# %% ../nbs/10_sensors.ipynb #8cbe175e
 class ReplaySensor(Sensor):
     "Play a recorded `Trace` back in real time as power and counter readings."
     kind, provenance, power_provenance = 'replay', 'replay', 'replay'
@@ -190,7 +190,7 @@ class ReplaySensor(Sensor):
 
     def method(self): return {'trace': self.trace.meta.get('source', 'unknown'), 'trace_formula': self.trace.meta.get('formula')}
 
-# %% ../nbs/10_sensors.ipynb #a397e3fb
+# %% ../nbs/10_sensors.ipynb #7f17ba94
 @patch
 def at(self:ReplaySensor, rel_s:float) -> tuple:
     "Cumulative energy (J) and power (W) of the looped trace `rel_s` seconds after it started."
@@ -211,7 +211,7 @@ def read(self:ReplaySensor) -> Reading:
     e, p = self.at(t - self.t0_s)
     return Reading(t, energy_j=e, power_w=p)
 
-# %% ../nbs/10_sensors.ipynb #d40cc28e
+# %% ../nbs/10_sensors.ipynb #d87a429a
 @contextmanager
 def _codecarbon_quiet():
     "Keep codecarbon's log messages out of the output while its hardware model is queried."
@@ -222,7 +222,7 @@ def _codecarbon_quiet():
     try: yield
     finally: lg.setLevel(level); lg.propagate = propagate
 
-# %% ../nbs/10_sensors.ipynb #bfd91b63
+# %% ../nbs/10_sensors.ipynb #bd87e036
 @functools.lru_cache(maxsize=1)
 def codecarbon_cpu_tdp() -> dict:
     "The CPU model and TDP (W) that codecarbon's offline power table gives for this machine, and where the TDP came from."
@@ -239,7 +239,7 @@ def codecarbon_cpu_tdp() -> dict:
     return dict(cpu_model=tdp.model, tdp_w=None if tdp.tdp is None else float(tdp.tdp), tdp_source=source,
                 codecarbon_version=codecarbon.__version__)
 
-# %% ../nbs/10_sensors.ipynb #bfb76d89
+# %% ../nbs/10_sensors.ipynb #ccd5af19
 class _RecordingLoadMeter:
     "Wrap codecarbon's CPU load meter and remember the last load it reported."
     def __init__(self, inner): self.inner, self.last_percent = inner, None
@@ -248,7 +248,7 @@ class _RecordingLoadMeter:
         return self.last_percent
     def reset(self): self.inner.reset()
 
-# %% ../nbs/10_sensors.ipynb #3ea71f61
+# %% ../nbs/10_sensors.ipynb #f50ccb42
 class CodecarbonCPUEstimate(Sensor):
     "CPU power estimated by codecarbon's offline TDP table and load model (an estimate, never a measurement)."
     kind, domain = 'estimate', 'cpu-estimate'
@@ -277,7 +277,7 @@ class CodecarbonCPUEstimate(Sensor):
         return dict(method="codecarbon CPU load model (mode 'cpu_load', tracking 'machine')", **self.tdp,
                     load_fraction=None if lp is None else lp / 100)
 
-# %% ../nbs/10_sensors.ipynb #23d58ce2
+# %% ../nbs/10_sensors.ipynb #8e6df5ce
 @dataclass
 class SensorStatus:
     "Whether one sensor is present on this machine, how it measures, or why it is absent."
@@ -294,7 +294,7 @@ class SensorStatus:
         return dict(kind=self.kind, domain=self.domain, present=self.present, provenance=self.provenance,
                     estimated=self.estimated, how=self.how, reason=self.reason)
 
-# %% ../nbs/10_sensors.ipynb #084a4f2e
+# %% ../nbs/10_sensors.ipynb #cd3c4e32
 def estimate_status() -> SensorStatus:
     "The codecarbon CPU estimate as a `SensorStatus` (absent if codecarbon cannot estimate here)."
     try: s = CodecarbonCPUEstimate()
@@ -304,7 +304,7 @@ def estimate_status() -> SensorStatus:
                         how=f"{m['cpu_model']}: TDP {m['tdp_w']:g} W from {m['tdp_source']}; x load (codecarbon {m['codecarbon_version']})",
                         reason='estimate, not a measurement')
 
-# %% ../nbs/10_sensors.ipynb #4fcf90d2
+# %% ../nbs/10_sensors.ipynb #0bffe7a9
 def sensor_statuses(nvml=None, # the `pynvml` module or a stand-in (None: import pynvml)
                     rapl_root=None, # powercap folder (None: /sys/class/powercap)
                     estimate:bool=True, # add the CPU estimate's status
@@ -315,7 +315,7 @@ def sensor_statuses(nvml=None, # the `pynvml` module or a stand-in (None: import
     out = nvml_statuses(nvml) + rapl_statuses(rapl_root)
     return out + [estimate_status()] if estimate else out
 
-# %% ../nbs/10_sensors.ipynb #29585b00
+# %% ../nbs/10_sensors.ipynb #7bfbaf83
 def available_sensors(nvml=None, # the `pynvml` module or a stand-in (None: import pynvml)
                       rapl_root=None, # powercap folder (None: /sys/class/powercap)
                       estimate:bool|None=None, # add the CPU estimate: True always, False never, None only when nothing is measured
@@ -327,7 +327,7 @@ def available_sensors(nvml=None, # the `pynvml` module or a stand-in (None: impo
         if st.present: found.append(st.sensor)
     return found
 
-# %% ../nbs/10_sensors.ipynb #b4d1f7f9
+# %% ../nbs/10_sensors.ipynb #ee2739dd
 def describe_sensors(nvml=None, # the `pynvml` module or a stand-in (None: import pynvml)
                      rapl_root=None, # powercap folder (None: /sys/class/powercap)
                     ):
@@ -335,7 +335,7 @@ def describe_sensors(nvml=None, # the `pynvml` module or a stand-in (None: impor
     import pandas as pd
     return pd.DataFrame([s.to_dict() for s in sensor_statuses(nvml, rapl_root)])
 
-# %% ../nbs/10_sensors.ipynb #acb6536a
+# %% ../nbs/10_sensors.ipynb #4471f2ba
 @call_parse
 def sensors_cli(json:bool=False, # print JSON instead of a table
                ) -> int:
