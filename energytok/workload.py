@@ -8,8 +8,8 @@ Docs: https://energytok.github.io/energytok/workload.html.md"""
 __all__ = ['FACTORS', 'Sweep', 'PlannedRun', 'plan', 'check_models', 'make_backend', 'device_sensor', 'environment',
            'temperature_c', 'run_record', 'SweepResult', 'run_sweep', 'summary_table', 'estimate_notice', 'run_cli']
 
-# %% ../nbs/24_workload.ipynb #d2fa1138
-import sys, time, random, itertools, hashlib, json, socket, platform
+# %% ../nbs/24_workload.ipynb #056f73a6
+import sys, time, random, itertools, hashlib, json, socket, platform, importlib.util
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from fastcore.script import call_parse
@@ -18,7 +18,7 @@ from .store import (RunStore, make_record, run_key, utc_now, write_json_atomic, 
                              ServiceTarget, _canonical)
 from .harness import RunConfig, Backend, BuiltinBackend, HFBackend, measure_generation, run_result, best_device
 
-# %% ../nbs/24_workload.ipynb #b275ad34
+# %% ../nbs/24_workload.ipynb #5fff26e3
 FACTORS = tuple(f.name for f in fields(RunConfig))
 
 @dataclass
@@ -68,7 +68,7 @@ class Sweep:
         "`name` and a hash of `spec()`: the same design always gets the same id."
         return f"{self.name}-{hashlib.sha256(_canonical(self.spec()).encode()).hexdigest()[:8]}"
 
-# %% ../nbs/24_workload.ipynb #c61a415a
+# %% ../nbs/24_workload.ipynb #0dd06a4d
 @dataclass(frozen=True)
 class PlannedRun:
     "One measured run of a sweep, in order."
@@ -88,7 +88,7 @@ def plan(sweep:Sweep # the design
             out.append(PlannedRun(len(out), rep, configs[i], run_key(sid, configs[i].key(), rep)))
     return out
 
-# %% ../nbs/24_workload.ipynb #58ede405
+# %% ../nbs/24_workload.ipynb #9015ce02
 def check_models(configs:list, # RunConfigs
                  backends:dict=None, # model name -> Backend or factory(config) -> Backend
                 ) -> None:
@@ -102,6 +102,9 @@ def check_models(configs:list, # RunConfigs
                 raise ValueError(f"prompt_tokens + new_tokens: expected at most {m} for {BUILTIN_NAME}, got {c.prompt_tokens} + {c.new_tokens}")
         elif not Path(c.model).is_dir():
             raise ValueError(f"model: {c.model!r} is neither the built-in {BUILTIN_NAME!r}, a local model folder, nor a name in `backends`")
+        elif importlib.util.find_spec('transformers') is None:
+            raise ValueError(f"model: {c.model!r} is a folder, which runs as a Hugging Face model and needs the `transformers` "
+                             "package; install it or use the built-in model")
 
 def make_backend(config:RunConfig, # what to run
                  backends:dict=None, # model name -> Backend or factory(config) -> Backend
@@ -114,7 +117,7 @@ def make_backend(config:RunConfig, # what to run
     if config.model == BUILTIN_NAME: return BuiltinBackend(config.device, config.dtype, config.quantization)
     return HFBackend(config.model, config.device, config.dtype, config.quantization)
 
-# %% ../nbs/24_workload.ipynb #1ca984d3
+# %% ../nbs/24_workload.ipynb #a35db9be
 def _cpu_name() -> str:
     try:
         for line in open('/proc/cpuinfo'):
@@ -152,7 +155,7 @@ def temperature_c(sensors:list, # the meter's sensors
     s = device_sensor(list(sensors), device)
     return None if s is None else s.temperature_c()
 
-# %% ../nbs/24_workload.ipynb #80c8f54b
+# %% ../nbs/24_workload.ipynb #029fbe94
 def run_record(planned:PlannedRun, # the run's place in the sweep
                sweep_id:str, # the sweep
                result, # its `RunResult`
@@ -165,7 +168,7 @@ def run_record(planned:PlannedRun, # the run's place in the sweep
     return make_record(run_id=planned.run_id, sweep_id=sweep_id, timestamp=utc_now(), repetition=planned.repetition,
                        order_index=planned.order_index, **d, **env, temp_before_c=temp_before_c, temp_after_c=temp_after_c)
 
-# %% ../nbs/24_workload.ipynb #cb93ae44
+# %% ../nbs/24_workload.ipynb #d4b602c8
 @dataclass
 class SweepResult:
     "Where a sweep's records are and what this call did."
@@ -241,7 +244,7 @@ def run_sweep(sweep:Sweep, # the design
         if not was_running: meter.stop()
     return res
 
-# %% ../nbs/24_workload.ipynb #6f56335e
+# %% ../nbs/24_workload.ipynb #590bfaff
 def _parse_list(name:str, text, kind=str) -> list:
     "Comma-separated `text` as a list of `kind`, naming the flag on error."
     flag = '--' + name.replace('_', '-')
@@ -271,7 +274,7 @@ def estimate_notice(runs) -> str:
             "read on this machine, so J/token comes from a model of CPU power. Use it to compare configurations here, "
             "not as a measurement.")
 
-# %% ../nbs/24_workload.ipynb #e5b050a0
+# %% ../nbs/24_workload.ipynb #ec049b1f
 @call_parse
 def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Face folders, comma-separated
             dtype:str='fp32,bf16', # numeric formats, comma-separated (fp32, bf16, fp16)

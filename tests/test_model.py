@@ -133,3 +133,15 @@ def test_apply_precision_dtypes():
     assert m.head.weight.dtype == torch.bfloat16
     q = apply_precision(tinylm(SMALL), 'fp32', 'int8-dynamic')
     assert 'Linear' in type(q.head).__name__ and type(q.head) is not torch.nn.Linear
+
+
+def test_training_recipe_is_deterministic_and_learns():
+    from energytok.model import train_tinylm, TrainRecipe
+    text = (builtin_paths()['heldout'].read_text() * 2)
+    ids = ByteTokenizer().encode(text)
+    r = TrainRecipe(steps=30, batch_size=4, seq_len=32, warmup_steps=5, lr=1e-2, threads=1)
+    m1, h1 = train_tinylm(ids, SMALL, r, log=None)
+    m2, h2 = train_tinylm(ids, SMALL, r, log=None)
+    assert h1 == h2
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()): assert torch.equal(a, b), k
+    assert sum(l for _, l in h1[-5:]) / 5 < h1[0][1] - 1.0  # from ~ln 256 towards the byte distribution

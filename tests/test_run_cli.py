@@ -78,3 +78,31 @@ def test_help_lists_the_flags(tmp_path):
     assert p.returncode == 0
     for flag in ('--model', '--dtype', '--batch-size', '--repetitions', '--pue', '--out', '--quantization', '--max-loss'):
         assert flag in p.stdout
+
+
+def test_ctrl_c_keeps_completed_runs_and_says_how_to_resume(tmp_path):
+    args = ['--batch-size', '1', '--dtype', 'fp32', '--prompt-tokens', '16', '--new-tokens', '16', '--repetitions', '20',
+            '--cooldown-s', '0.2', '--quiet', '--out', 'res']
+    proc = subprocess.Popen([EXE, 'run', *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0, runs = time.time(), None
+    while time.time() - t0 < 120:
+        found = list((tmp_path/'res').glob('*/runs.jsonl'))
+        if found and len(read_records(found[0])[0]) >= 2: runs = found[0]; break
+        time.sleep(0.05)
+    assert runs is not None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and 'run the same command to resume' in err
+    recs, bad = read_records(runs)
+    assert bad == 0 and 2 <= len(recs) < 20
+
+
+def test_model_folder_without_transformers_refused(tmp_path):
+    try:
+        import transformers  # noqa: F401
+        pytest.skip('transformers is installed')
+    except ImportError: pass
+    (tmp_path/'hf').mkdir(); (tmp_path/'hf'/'config.json').write_text('{}')
+    p = run(['--model', str(tmp_path/'hf')], tmp_path)
+    assert p.returncode == 2 and 'needs the `transformers` package' in p.stderr
+    assert not (tmp_path/'results').exists()

@@ -199,3 +199,32 @@ def test_text_prompts_and_helpers():
     assert truncate_at_stop([1, 2, 3], [9]) == [1, 2, 3]
     with pytest.raises(ValueError, match='one per sequence'): add_step([[]], [1, 2])
     assert latency_stats([0.1])['tpot_p99_s'] == pytest.approx(0.1)
+
+
+def test_gpu_shaped_sweep_with_a_stand_in_nvml(tmp_path, monkeypatch):
+    "The GPU path without a GPU: CUDA device checks, syncs at the edges, NVML identity, temperatures and energy counter."
+    from energytok.nvml import FakeNVML
+    from energytok.sensors import available_sensors
+    from energytok.metrics import token_metrics
+    syncs = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: syncs.append(device))
+    fake = FakeNVML([dict(name='NVIDIA H200', power_w=420.0, temp_c=47.0, power_limit_w=700.0)], driver='570.86.15')
+    sensors = available_sensors(nvml=fake)
+    assert [s.domain for s in sensors] == ['gpu:0']
+    def stream(prompts, n):
+        for i in range(n): yield [i % 256] * len(prompts)
+    be = CallableBackend(stream, name='gpu-lm', device='cuda:0', dtype='fp16')
+    sw = Sweep({'batch_size': [1, 4]}, repetitions=2, base=dict(model='gpu-lm', dtype='fp16', device='cuda', new_tokens=16),
+               warmup=0, name='gpu')
+    r = run_sweep(sw, tmp_path, backends={'gpu-lm': be}, meter=Meter(sensors, period_s=0.01), progress=False)
+    df = r.runs()
+    assert len(df) == 4 and set(df.device) == {'cuda:0'} and set(df.dtype) == {'fp16'}
+    assert set(df.device_name) == {'NVIDIA H200'} and set(df.driver_version) == {'570.86.15'}
+    assert set(df.power_limit_w) == {700.0} and set(df.temp_before_c) == {47.0} and set(df.temp_after_c) == {47.0}
+    assert set(df.energy_provenance) == {'nvml-energy-counter'} and not df.estimated.any()
+    assert len(syncs) >= 4 * 3  # before generation, after prefill, after each decode step
+    tm = token_metrics(df, active_params=1e9)
+    assert (tm.floor_source == 'datasheet:H200:fp16').all()
+    assert list(tm.measured_over_floor) == pytest.approx(list(tm.j_per_token / tm.floor_j_per_token))
