@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/card.html.md"""
 # %% auto #0
 __all__ = ['simulated_records', 'energy_provenance', 'energy_label', 'EnergyCard', 'energy_card']
 
-# %% ../nbs/34_card.ipynb #d87d0397
+# %% ../nbs/34_card.ipynb #6affd3e3
 import math, datetime
 from dataclasses import dataclass, field
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 from .checks import check_fraction, check_columns
 from .stats_describe import mean_ci, markdown_table, table_records, plain, prepare_runs, SIMULATED_PROVENANCE
 
-# %% ../nbs/34_card.ipynb #cc614bfb
+# %% ../nbs/34_card.ipynb #f2110e5a
 def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default `simulate_runs()`
                       model:str='simulated-lm', # model name written in the records
                       device_name:str='simulated device', # device name written in the records
@@ -61,7 +61,7 @@ def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default
     extra = [c for c in runs.columns if c not in out.columns and c != 'simulated']
     return pd.concat([out, runs[extra]], axis=1).reset_index(drop=True)
 
-# %% ../nbs/34_card.ipynb #f383e605
+# %% ../nbs/34_card.ipynb #1ea016e1
 def _select_config(runs, by, config):
     "The runs of one configuration and its label; refuses a table holding several when none is named."
     from energytok.stats_compare import find_config
@@ -76,7 +76,7 @@ def _select_config(runs, by, config):
     mask = (t.data['_config'] == label).to_numpy()
     return runs.loc[mask], label
 
-# %% ../nbs/34_card.ipynb #d073c9a3
+# %% ../nbs/34_card.ipynb #6c94b35f
 def energy_provenance(runs:pd.DataFrame # runs with `energy_provenance` and/or `estimated` columns
                      ) -> tuple:
     "(provenance text, estimated) of the energy figures of `runs`; ('not recorded', None) when the table lacks them."
@@ -94,7 +94,7 @@ def energy_label(provenance:str, # provenance text
     if estimated is None or provenance == 'not recorded': return 'provenance not recorded'
     return f'measured ({provenance})'
 
-# %% ../nbs/34_card.ipynb #0f081b24
+# %% ../nbs/34_card.ipynb #8f42ffa9
 def _binding(runs, hardware, active_params, facility, n_devices, batch_size):
     "(MeasuredTPF or None, reason) for the runs' mean throughput and power."
     from energytok.production import from_measurement, hardware as hw_lookup, HardwareSpec
@@ -117,7 +117,7 @@ def _binding(runs, hardware, active_params, facility, n_devices, batch_size):
                                 dtype=dtype, n_devices=n_devices, batch_size=batch_size, facility=facility), ''
     except ValueError as e: return None, str(e)
 
-# %% ../nbs/34_card.ipynb #1d1619a8
+# %% ../nbs/34_card.ipynb #e72ecad6
 @dataclass
 class EnergyCard:
     "The energy-to-token card of one configuration."
@@ -167,7 +167,7 @@ class EnergyCard:
     def __repr__(self):
         return f"EnergyCard({self.config!r}, {self.n_runs} runs, {self.label}, binding={self.binding})"
 
-# %% ../nbs/34_card.ipynb #2b2f2cb7
+# %% ../nbs/34_card.ipynb #307ea7b8
 def _row(quantity, values, unit, basis, ci):
     "One card row: mean and t-interval of `values` (NaNs dropped); None when nothing is recorded."
     v = pd.to_numeric(pd.Series(values), errors='coerce').dropna().to_numpy(dtype=float)

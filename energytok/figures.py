@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/figures.html.md"""
 __all__ = ['Plot', 'axis_label', 'box_strip', 'interaction_plot', 'forest_plot', 'qq_plot', 'residuals_vs_order', 'ecdf_plot',
            'pareto_front', 'pareto_plot']
 
-# %% ../nbs/36_figures.ipynb #f7540548
+# %% ../nbs/36_figures.ipynb #008140b6
 import io, math, base64, html
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/36_figures.ipynb #5bb2c5b8
+# %% ../nbs/36_figures.ipynb #a23e09ac
 @dataclass
 class Plot:
     "A named matplotlib figure with its caption; renders to PNG once."
@@ -79,7 +79,7 @@ def _subsample(t, max_points, seed):
     keep = np.concatenate(keep)
     return keep, len(keep) < len(codes)
 
-# %% ../nbs/36_figures.ipynb #d3d186d2
+# %% ../nbs/36_figures.ipynb #de794a81
 def box_strip(table, # a `RunTable` (`prepare_runs`)
               label:str=None, # axis text; default from the metric
               max_points:int=150, # most runs drawn as points per configuration
@@ -102,7 +102,7 @@ def box_strip(table, # a `RunTable` (`prepare_runs`)
             "box outliers are drawn too." if sub else "every run.")
     return Plot('box_strip', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #f230a127
+# %% ../nbs/36_figures.ipynb #eea78b3e
 def interaction_plot(desc, # a `Descriptives` (`describe_runs`)
                      label:str=None, # axis text; default from the metric
                     ) -> Plot:
@@ -132,7 +132,7 @@ def interaction_plot(desc, # a `Descriptives` (`describe_runs`)
             if len(by) > 1 else f" across the levels of {x}."))
     return Plot('interaction', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #a8343ce8
+# %% ../nbs/36_figures.ipynb #3795d493
 def forest_plot(pw, # a `PairwiseResult` (`pairwise`)
                 label:str=None, # axis text; default from the metric
                 energy_tag:str=None, # provenance label added to the default axis text
@@ -159,7 +159,7 @@ def forest_plot(pw, # a `PairwiseResult` (`pairwise`)
            f"{pw.method} adjustment; filled markers: adjusted p < {pw.alpha:g}; dashed line: no difference.")
     return Plot('forest', cap, fig)
 
-# %% ../nbs/36_figures.ipynb #476ab027
+# %% ../nbs/36_figures.ipynb #ad52100c
 def qq_plot(checks, # an `AssumptionChecks` (`check_assumptions`)
             max_points:int=2000, # most order statistics drawn
             energy_tag:str=None, # provenance label added to the residual axis (e.g. 'ESTIMATE (...)')
@@ -184,7 +184,7 @@ def qq_plot(checks, # an `AssumptionChecks` (`check_assumptions`)
     pts = 'every residual' if len(idx) == n else f'{len(idx):,} evenly spaced order statistics of the {n:,} residuals'
     return Plot('qq', f"Normal QQ plot of the cell-means residuals ({pts}); dashed: line through the quartiles.", fig)
 
-# %% ../nbs/36_figures.ipynb #8610af8d
+# %% ../nbs/36_figures.ipynb #98c4d43e
 def residuals_vs_order(checks, # an `AssumptionChecks`
                        max_points:int=3000, # most runs drawn as points
                        bins:int=30, # bins of the running mean
@@ -209,7 +209,7 @@ def residuals_vs_order(checks, # an `AssumptionChecks`
     sub = 'every run' if len(pts) == n else f'{max_points:,} runs drawn at random (seed {seed}) of {n:,}'
     return Plot('residuals_order', f"Cell-means residuals against run order ({sub}); red: binned mean over all runs.", fig)
 
-# %% ../nbs/36_figures.ipynb #caf6b8fc
+# %% ../nbs/36_figures.ipynb #7f4c0e21
 def ecdf_plot(table, # a `RunTable`
               label:str=None, # axis text; default from the metric
              ) -> Plot:
@@ -227,7 +227,7 @@ def ecdf_plot(table, # a `RunTable`
         for txt in leg.get_texts(): txt.set_fontsize(7)
     return Plot('ecdf', f"Empirical cumulative distribution of {table.metric} per configuration, all {len(table.data):,} runs.", fig)
 
-# %% ../nbs/36_figures.ipynb #fc0dad8b
+# %% ../nbs/36_figures.ipynb #974297a3
 def pareto_front(x_higher_better, # e.g. tokens/s per configuration
                  y_lower_better, # e.g. J/token per configuration
                 ) -> np.ndarray:
@@ -236,7 +236,7 @@ def pareto_front(x_higher_better, # e.g. tokens/s per configuration
     dominated = ((x[None, :] >= x[:, None]) & (y[None, :] <= y[:, None]) & ((x[None, :] > x[:, None]) | (y[None, :] < y[:, None]))).any(axis=1)
     return ~dominated
 
-# %% ../nbs/36_figures.ipynb #f18e0252
+# %% ../nbs/36_figures.ipynb #ddfcf538
 def pareto_plot(table, # a `RunTable` of the metric (lower is better)
                 throughput, # tokens/s per run, aligned with `table.data`
                 label:str=None, # y-axis text; default from the metric

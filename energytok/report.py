@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/report.html.md"""
 __all__ = ['is_energy_metric', 'provenance_header', 'markdown_html', 'ComparisonReport', 'compare_runs', 'read_table',
            'sweep_factors', 'report_cli', 'compare_cli']
 
-# %% ../nbs/35_report.ipynb #5d7f8c35
+# %% ../nbs/35_report.ipynb #b400ce46
 import json, math, html, re, time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from .stats_compare import pairwise, PAIRWISE_METHODS
 from .stats_power import power_analysis, equivalence
 from .card import energy_provenance, energy_label, energy_card
 
-# %% ../nbs/35_report.ipynb #f3712d5c
+# %% ../nbs/35_report.ipynb #d43ed45e
 def is_energy_metric(metric:str # a column name
                     ) -> bool:
     "Whether `metric` is an energy or power figure (J, W, Wh; 'energy', 'power', 'joule', 'watt' in its name)."
@@ -31,7 +31,7 @@ def is_energy_metric(metric:str # a column name
     return (m.startswith('j_per') or '_j_' in m or m.endswith(('_j', '_w', '_wh', '_kwh'))
             or any(w in m for w in ('energy', 'power', 'joule', 'watt')))
 
-# %% ../nbs/35_report.ipynb #508f671d
+# %% ../nbs/35_report.ipynb #2d0dc5c9
 def provenance_header(runs:pd.DataFrame, # the table of runs
                       source:str=None, # where it was read from
                      ) -> dict:
@@ -50,7 +50,7 @@ def provenance_header(runs:pd.DataFrame, # the table of runs
              drivers=counts('driver_version'), schema_versions=counts('schema_version'))
     return {k: v for k, v in h.items() if v is not None}
 
-# %% ../nbs/35_report.ipynb #0a547fed
+# %% ../nbs/35_report.ipynb #3f93e9c9
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#eef3f8}td:first-child,th:first-child{text-align:left}blockquote{border-left:4px solid #c0392b;margin:.8em 0;padding:.2em 1em;background:#fbeeee}
@@ -103,7 +103,7 @@ def markdown_html(md:str, # markdown in the subset the report writes
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<style>{_CSS}</style></head><body>\n' + '\n'.join(out) + '\n</body></html>\n')
 
-# %% ../nbs/35_report.ipynb #1b518a1c
+# %% ../nbs/35_report.ipynb #6d2bfa59
 @dataclass
 class ComparisonReport:
     "Everything the statistics say about one metric of a sweep, with figures and cards; renders to markdown, HTML, JSON."
@@ -128,7 +128,7 @@ class ComparisonReport:
     @property
     def estimated(self) -> bool: return bool(self.energy_tag and self.energy_tag.startswith('ESTIMATE'))
 
-# %% ../nbs/35_report.ipynb #a67305ae
+# %% ../nbs/35_report.ipynb #b54d5c17
 def _config_table(t, desc, runs):
     "Descriptives with each configuration's energy provenance label."
     tab = desc.table.drop(columns=desc.by).copy()
@@ -151,7 +151,7 @@ def _equivalence_table(t, pw, margin, alpha):
     cols = ['a', 'b'] + (['ratio', 'ratio_low', 'ratio_high'] if t.scale == 'log' else ['diff', 'ci_low', 'ci_high']) + ['p_tost', 'p_difference', 'verdict']
     return pd.DataFrame(rows)[cols]
 
-# %% ../nbs/35_report.ipynb #0ee698ff
+# %% ../nbs/35_report.ipynb #4415b8ed
 def compare_runs(runs:pd.DataFrame, # one row per independent run
                  metric:str='j_per_token', # the column to compare (lower is better for the Pareto front and P(better))
                  by=None, # factor column(s): a name, 'F1,F2' or a list
@@ -226,7 +226,7 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
     rep.timings = timings
     return rep
 
-# %% ../nbs/35_report.ipynb #366b0bec
+# %% ../nbs/35_report.ipynb #d8662559
 def _summary(rep) -> list:
     "The report's key findings as bullet lines."
     out = []
@@ -265,7 +265,7 @@ def _header_table(h:dict) -> pd.DataFrame:
     fmt = lambda v: ', '.join(f'{k} ({n})' for k, n in v.items()) if isinstance(v, dict) else v
     return pd.DataFrame({'item': list(h), 'value': [fmt(v) for v in h.values()]})
 
-# %% ../nbs/35_report.ipynb #3ce32c1b
+# %% ../nbs/35_report.ipynb #0ca5fcf3
 @patch
 def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
     "The report as markdown; figures referenced as `figure_dir/NAME.png` (None leaves them out)."
@@ -310,7 +310,7 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
 @patch
 def _repr_markdown_(self:ComparisonReport): return self.to_markdown(figure_dir=None)
 
-# %% ../nbs/35_report.ipynb #b19421a1
+# %% ../nbs/35_report.ipynb #fe055ae8
 @patch
 def to_html(self:ComparisonReport) -> str:
     "The report as one self-contained HTML page (figures embedded as base64 PNG)."
@@ -345,7 +345,7 @@ def save(self:ComparisonReport, folder) -> dict:
     paths['json'].write_text(self.to_json())
     return {k: str(v) for k, v in paths.items()}
 
-# %% ../nbs/35_report.ipynb #d3e59b7c
+# %% ../nbs/35_report.ipynb #0a86c7ff
 def read_table(path, # a .csv/.tsv file, or run records (.jsonl file or folder)
               ) -> pd.DataFrame:
     "A table of runs from a CSV/TSV file or from run records."
@@ -362,7 +362,7 @@ def sweep_factors(runs:pd.DataFrame # run records
     from energytok.store import CONFIG_COLUMNS
     return [c for c in CONFIG_COLUMNS if c in runs and runs[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1]
 
-# %% ../nbs/35_report.ipynb #97c0947c
+# %% ../nbs/35_report.ipynb #2d7c1b42
 def _print_summary(rep, paths=None):
     "Print the report's summary (and where it was written) to stdout."
     print(f"# {rep.title}\n")
@@ -398,7 +398,7 @@ def report_cli(results:str, # a runs.jsonl file, or a folder searched recursivel
     else: _print_summary(rep, paths)
     return 0
 
-# %% ../nbs/35_report.ipynb #74b139ad
+# %% ../nbs/35_report.ipynb #e4988eaa
 @call_parse
 def compare_cli(table:str, # a CSV/TSV file of runs (one row per run), or run records (.jsonl or folder)
                 metric:str=None, # the column to compare (required)

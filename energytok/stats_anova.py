@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/stats_anova.html.md"""
 __all__ = ['partial_effect_sizes', 'AnovaResult', 'anova', 'WelchAnovaResult', 'welch_anova', 'AssumptionChecks',
            'check_assumptions']
 
-# %% ../nbs/31_stats_anova.ipynb #bd6196bd
+# %% ../nbs/31_stats_anova.ipynb #6cb87b83
 import math
 from dataclasses import dataclass, field
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 from .checks import check_choice, check_fraction
 from .stats_describe import prepare_runs, markdown_table, table_records, plain
 
-# %% ../nbs/31_stats_anova.ipynb #7f9a1794
+# %% ../nbs/31_stats_anova.ipynb #8272e16f
 def partial_effect_sizes(sum_sq:float, # SS of the term
                          df:float, # degrees of freedom of the term
                          ss_resid:float, # residual SS
@@ -29,7 +29,7 @@ def partial_effect_sizes(sum_sq:float, # SS of the term
     omega = df * (ms - ms_res) / (df * ms + (n - df) * ms_res)
     return float(eta), float(max(omega, 0.0))
 
-# %% ../nbs/31_stats_anova.ipynb #f168c55b
+# %% ../nbs/31_stats_anova.ipynb #2f06993e
 @dataclass
 class AnovaResult:
     "An ANOVA table with effect sizes and HC3-robust tests."
@@ -60,7 +60,7 @@ class AnovaResult:
     def __repr__(self):
         return f"AnovaResult({self.formula!r}, type {self.typ}, {self.scale} scale, n={self.n_runs})\n" + self.table.to_string(index=False)
 
-# %% ../nbs/31_stats_anova.ipynb #fe5dc47a
+# %% ../nbs/31_stats_anova.ipynb #b5c7018a
 def _model_terms(t):
     "Formula pieces for the factors of `t`: internal names, dropped single-level factors, interaction or not, notes."
     notes, keep = [], []
@@ -115,7 +115,7 @@ def anova(runs, # one row per run (DataFrame or `RunTable`)
     if t.scale == 'log': formula = f"log({t.metric}) ~ " + formula.split(' ~ ')[1]
     return AnovaResult(table, t.metric, t.by, t.scale, typ, formula, n, len(t.configs), notes, fit)
 
-# %% ../nbs/31_stats_anova.ipynb #de89a794
+# %% ../nbs/31_stats_anova.ipynb #8ddbbd35
 @dataclass
 class WelchAnovaResult:
     "Welch's heteroscedasticity-robust one-way ANOVA across configurations."
@@ -154,7 +154,7 @@ def welch_anova(runs, # one row per run (DataFrame or `RunTable`)
     return WelchAnovaResult(float(r.statistic), float(r.df[0]), float(r.df[1]), float(r.pvalue), len(groups),
                             len(t.data), t.metric, t.by, t.scale)
 
-# %% ../nbs/31_stats_anova.ipynb #b04d5758
+# %% ../nbs/31_stats_anova.ipynb #db661f23
 @dataclass
 class AssumptionChecks:
     "Normality, equal variance and independence checks of the cell-means residuals."
@@ -208,7 +208,7 @@ class AssumptionChecks:
 
     def _repr_markdown_(self): return self.to_markdown()
 
-# %% ../nbs/31_stats_anova.ipynb #3d3cd1f8
+# %% ../nbs/31_stats_anova.ipynb #b8ee2172
 def check_assumptions(runs, # one row per run (DataFrame or `RunTable`)
                       metric:str=None, # the column to analyse
                       by=None, # factor column(s)

@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/stats_compare.html.md"""
 __all__ = ['PAIRWISE_METHODS', 'P_FLOOR', 'find_config', 'hedges_g', 'prob_better', 'TwoGroupResult', 'compare_two',
            'studentized_range_crit', 'PairwiseResult', 'pairwise']
 
-# %% ../nbs/32_stats_compare.ipynb #bfcd3fd2
+# %% ../nbs/32_stats_compare.ipynb #0fc78174
 import math
 from dataclasses import dataclass, field
 import numpy as np
@@ -16,7 +16,7 @@ import pandas as pd
 from .checks import check_choice, check_fraction
 from .stats_describe import prepare_runs, markdown_table, table_records, plain, _fmt_level
 
-# %% ../nbs/32_stats_compare.ipynb #03d86b85
+# %% ../nbs/32_stats_compare.ipynb #422f87fd
 def find_config(table, # a `RunTable`
                 key, # a label, a {factor: level} dict, or a level of the single factor
                 name:str='a', # parameter name, used in the error
@@ -29,7 +29,7 @@ def find_config(table, # a `RunTable`
     elif _fmt_level(key) in table.configs: return _fmt_level(key)
     raise ValueError(f"{name}: no configuration {key!r}; expected one of {table.configs}")
 
-# %% ../nbs/32_stats_compare.ipynb #63a37d08
+# %% ../nbs/32_stats_compare.ipynb #fcc8039e
 def _t_test(ya, yb, equal_var, ci):
     "Two-sample t-test of mean(ya) - mean(yb): (diff, low, high, t, df, p)."
     from scipy import stats
@@ -74,7 +74,7 @@ def prob_better(ya, # values of configuration a
     p_higher = u_a / (na * nb)
     return float(1 - p_higher if lower_is_better else p_higher)
 
-# %% ../nbs/32_stats_compare.ipynb #4573541e
+# %% ../nbs/32_stats_compare.ipynb #c4b1f766
 @dataclass
 class TwoGroupResult:
     "Configuration `a` compared with baseline `b`: test, difference, ratio and effect sizes."
@@ -132,7 +132,7 @@ def compare_two(runs, # one row per run (DataFrame or `RunTable`)
                           *hedges_g(ya, yb, ci), prob_better(ya, yb, lower_is_better), 'student' if equal_var else 'welch',
                           t.metric, t.scale, ci, lower_is_better)
 
-# %% ../nbs/32_stats_compare.ipynb #aa0bdb13
+# %% ../nbs/32_stats_compare.ipynb #b436331d
 PAIRWISE_METHODS = ('tukey', 'games-howell', 'holm', 'bh', 'none')
 P_FLOOR = 1e-15 # smallest adjusted p-value shown as a number
 
@@ -154,7 +154,7 @@ def studentized_range_crit(conf:float, # family-wise confidence level
     coef = chebyshev.chebfit(nodes, q_nodes, 6)
     return chebyshev.chebval((u - (lo + hi) / 2) / ((hi - lo) / 2), coef)
 
-# %% ../nbs/32_stats_compare.ipynb #4da860ac
+# %% ../nbs/32_stats_compare.ipynb #94793f33
 @dataclass
 class PairwiseResult:
     "Every pair of configurations compared, with multiplicity-adjusted p-values."
@@ -193,7 +193,7 @@ class PairwiseResult:
     def __repr__(self):
         return f"PairwiseResult({self.method}, {len(self.table)} pairs)\n" + self.table[self.columns].to_string(index=False)
 
-# %% ../nbs/32_stats_compare.ipynb #b9c256dd
+# %% ../nbs/32_stats_compare.ipynb #5b44140f
 def pairwise(runs, # one row per run (DataFrame or `RunTable`)
              metric:str=None, # the column to compare
              by=None, # factor column(s)

@@ -9,14 +9,14 @@ __all__ = ['SIMULATED_PROVENANCE', 'SCALES', 'simulate_runs', 'as_factors', 'Run
            'markdown_table', 'iqm', 'iqm_jackknife', 'bca_interval', 'mean_ci', 'Descriptives', 'table_records',
            'plain', 'describe_runs']
 
-# %% ../nbs/30_stats_describe.ipynb #30615348
+# %% ../nbs/30_stats_describe.ipynb #d5561da9
 import math, json, numbers, itertools
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from .checks import check_columns, check_choice, check_fraction, check_positive, check_number
 
-# %% ../nbs/30_stats_describe.ipynb #0e31ce51
+# %% ../nbs/30_stats_describe.ipynb #081d18c6
 SIMULATED_PROVENANCE = 'estimate:simulated'
 
 def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on J/token}}; default dtype x batch_size
@@ -55,7 +55,7 @@ def simulate_runs(effects:dict=None, # {factor: {level: multiplicative effect on
     df['run_id'] = [f'sim-{i:05d}' for i in range(len(df))]
     return df.sort_values('order_index', ignore_index=True)
 
-# %% ../nbs/30_stats_describe.ipynb #d1a448d9
+# %% ../nbs/30_stats_describe.ipynb #93e70c2c
 def as_factors(by, # a column name, a comma-separated string of names, or a list of names
               ) -> list:
     "Normalise `by` into a list of distinct, non-empty column names."
@@ -67,7 +67,7 @@ def as_factors(by, # a column name, a comma-separated string of names, or a list
     if len(set(names)) != len(names): raise ValueError(f"by: a factor is named twice in {by!r}")
     return names
 
-# %% ../nbs/30_stats_describe.ipynb #9c0b4ce7
+# %% ../nbs/30_stats_describe.ipynb #2dbd6230
 SCALES = ('log', 'linear')
 _RESERVED = ('_config', '_value', '_y', '_order')
 
@@ -113,7 +113,7 @@ class RunTable:
         return (f"RunTable({len(self.data)} runs, {len(self.configs)} configurations, metric={self.metric!r}, "
                 f"by={self.by}, scale={self.scale!r}, order from {self.order_source})")
 
-# %% ../nbs/30_stats_describe.ipynb #24e5b1c5
+# %% ../nbs/30_stats_describe.ipynb #b3aabab1
 def _numeric_metric(runs, metric):
     "The metric column as floats, or a `TypeError` naming the column and a value that is not a number."
     col = runs[metric]
@@ -190,7 +190,7 @@ def prepare_runs(runs:pd.DataFrame, # one row per independent run
         raise ValueError(f"runs: every configuration of {by} needs at least {int(min_runs)} runs; {detail}")
     return RunTable(d.reset_index(drop=True), metric, by, scale, order_source)
 
-# %% ../nbs/30_stats_describe.ipynb #dc9b6117
+# %% ../nbs/30_stats_describe.ipynb #450bbb4c
 def fmt_number(v, digits:int=4) -> str:
     "Format one table cell: numbers to `digits` significant digits, NaN/None as '', others as text."
     if v is None: return ''
@@ -213,7 +213,7 @@ def markdown_table(df:pd.DataFrame, # the table to render
     rows = ['| ' + ' | '.join(fmt_number(v, digits) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join([head, sep, *rows])
 
-# %% ../nbs/30_stats_describe.ipynb #355f9481
+# %% ../nbs/30_stats_describe.ipynb #8c1afa72
 def iqm(x, # values; the last axis is summarised
         axis:int=-1, # axis to summarise
        ):
@@ -239,7 +239,7 @@ def iqm_jackknife(x) -> np.ndarray:
              np.where(r < lo, cum[hi + 1] - cum[lo + 1], cum[hi + 1] - cum[lo] - s))
     return total / (hi - lo)
 
-# %% ../nbs/30_stats_describe.ipynb #8e1893be
+# %% ../nbs/30_stats_describe.ipynb #4c6a2b18
 def bca_interval(x, # one sample
                  statistic=iqm, # vectorised statistic over the last axis
                  jackknife=iqm_jackknife, # leave-one-out values of the statistic (None: computed by brute force)
@@ -272,7 +272,7 @@ def bca_interval(x, # one sample
     low, high = np.quantile(boot, q)
     return float(low), float(high)
 
-# %% ../nbs/30_stats_describe.ipynb #640ac39d
+# %% ../nbs/30_stats_describe.ipynb #6edef089
 def mean_ci(x, # values of one configuration
             ci:float=0.95, # confidence level
            ) -> tuple:
@@ -285,7 +285,7 @@ def mean_ci(x, # values of one configuration
     half = float(stats.t.ppf((1 + check_fraction('ci', ci)) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return m, m - half, m + half
 
-# %% ../nbs/30_stats_describe.ipynb #c65ee507
+# %% ../nbs/30_stats_describe.ipynb #8ef00e36
 @dataclass
 class Descriptives:
     "Per-configuration summary of one metric."
@@ -327,7 +327,7 @@ def plain(v):
     if isinstance(v, dict): return {str(k): plain(x) for k, x in v.items()}
     return v if isinstance(v, (str, type(None))) else str(v)
 
-# %% ../nbs/30_stats_describe.ipynb #e2bbd8f6
+# %% ../nbs/30_stats_describe.ipynb #832abda6
 def describe_runs(runs, # one row per run (DataFrame or `RunTable`)
                   metric:str=None, # the column to summarise
                   by=None, # factor column(s)

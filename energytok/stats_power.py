@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/stats_power.html.md"""
 __all__ = ['VERDICTS', 'two_sample_power', 'two_sample_n', 'two_sample_mde', 'anova_power', 'anova_n', 'anova_mde', 'PowerResult',
            'power_analysis', 'EquivalenceResult', 'equivalence', 'equivalence_runs_needed']
 
-# %% ../nbs/33_stats_power.ipynb #7ba4ecef
+# %% ../nbs/33_stats_power.ipynb #8b14d695
 import math
 from dataclasses import dataclass, field
 import numpy as np
@@ -17,7 +17,7 @@ from .checks import check_fraction, check_positive
 from .stats_describe import prepare_runs, markdown_table, plain
 from .stats_compare import find_config, _t_test
 
-# %% ../nbs/33_stats_power.ipynb #3571cdf2
+# %% ../nbs/33_stats_power.ipynb #bf2d8f3c
 def two_sample_power(d:float, # Cohen's d: true difference / within-configuration SD
                      n_per_group:float, # runs per configuration
                      alpha:float=0.05, # two-sided significance level
@@ -45,7 +45,7 @@ def two_sample_mde(n_per_group:float, # runs per configuration
     if n < 2: raise ValueError(f"n_per_group: expected at least 2 runs, got {n_per_group!r}")
     return float(TTestIndPower().solve_power(None, n, check_fraction('alpha', alpha), check_fraction('power', power)))
 
-# %% ../nbs/33_stats_power.ipynb #6c6ea13a
+# %% ../nbs/33_stats_power.ipynb #375f81b9
 def anova_power(f:float, # Cohen's f of the configuration means
                 n_per_group:float, # runs per configuration
                 k:int, # configurations
@@ -78,7 +78,7 @@ def anova_mde(n_per_group:float, # runs per configuration
     while anova_power(hi, n, k, alpha) < power: hi *= 2
     return float(brentq(lambda f: anova_power(f, n, k, alpha) - power, 1e-9, hi, xtol=1e-12))
 
-# %% ../nbs/33_stats_power.ipynb #5996a157
+# %% ../nbs/33_stats_power.ipynb #5bd6ec1a
 @dataclass
 class PowerResult:
     "Minimum detectable effects of a design and the runs a target effect needs."
@@ -162,7 +162,7 @@ def power_analysis(runs, # one row per run (DataFrame or `RunTable`)
         res.runs_needed_anova = _ceil_runs(anova_n(d / math.sqrt(2 * k), k, alpha, power)) if k > 1 else None
     return res
 
-# %% ../nbs/33_stats_power.ipynb #a5e190e4
+# %% ../nbs/33_stats_power.ipynb #8b5543d0
 VERDICTS = ('different', 'different but within the margin', 'equivalent within the margin', 'inconclusive')
 
 @dataclass
@@ -221,7 +221,7 @@ def equivalence(runs, # one row per run (DataFrame or `RunTable`)
     return EquivalenceResult(la, lb, float(margin), low, high, diff, lo, hi, float(p_lower), float(p_upper), float(p_tost),
                              float(p_diff), equiv, verdict, t.metric, t.scale, alpha)
 
-# %% ../nbs/33_stats_power.ipynb #c166e487
+# %% ../nbs/33_stats_power.ipynb #3539ec41
 def equivalence_runs_needed(margin_effect:float, # the margin on the analysis scale (log(1.05) for 5%)
                             sd:float, # within-configuration SD on the analysis scale
                             alpha:float=0.05, # level of each one-sided test
