@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/stats_power.html.md"""
 __all__ = ['VERDICTS', 'two_sample_power', 'two_sample_n', 'two_sample_mde', 'anova_power', 'anova_n', 'anova_mde', 'PowerResult',
            'power_analysis', 'EquivalenceResult', 'equivalence', 'equivalence_runs_needed']
 
-# %% ../nbs/33_stats_power.ipynb #8b14d695
+# %% ../nbs/33_stats_power.ipynb #b5376bc7
 import math
 from dataclasses import dataclass, field
 import numpy as np
@@ -17,7 +17,7 @@ from .checks import check_fraction, check_positive
 from .stats_describe import prepare_runs, markdown_table, plain
 from .stats_compare import find_config, _t_test
 
-# %% ../nbs/33_stats_power.ipynb #bf2d8f3c
+# %% ../nbs/33_stats_power.ipynb #138d6f80
 def two_sample_power(d:float, # Cohen's d: true difference / within-configuration SD
                      n_per_group:float, # runs per configuration
                      alpha:float=0.05, # two-sided significance level
@@ -45,7 +45,7 @@ def two_sample_mde(n_per_group:float, # runs per configuration
     if n < 2: raise ValueError(f"n_per_group: expected at least 2 runs, got {n_per_group!r}")
     return float(TTestIndPower().solve_power(None, n, check_fraction('alpha', alpha), check_fraction('power', power)))
 
-# %% ../nbs/33_stats_power.ipynb #375f81b9
+# %% ../nbs/33_stats_power.ipynb #04594df5
 def anova_power(f:float, # Cohen's f of the configuration means
                 n_per_group:float, # runs per configuration
                 k:int, # configurations
@@ -78,7 +78,7 @@ def anova_mde(n_per_group:float, # runs per configuration
     while anova_power(hi, n, k, alpha) < power: hi *= 2
     return float(brentq(lambda f: anova_power(f, n, k, alpha) - power, 1e-9, hi, xtol=1e-12))
 
-# %% ../nbs/33_stats_power.ipynb #5bd6ec1a
+# %% ../nbs/33_stats_power.ipynb #0e48c5ab
 @dataclass
 class PowerResult:
     "Minimum detectable effects of a design and the runs a target effect needs."
@@ -104,13 +104,14 @@ class PowerResult:
         "The design's sensitivity in words."
         if self.scale == 'log':
             band = lambda e: f"{math.exp(-e):.3f} or {math.exp(e):.3f} ({100 * math.expm1(-e):+.1f}% / {self.as_pct(e):+.1f}%)"
+            pairs = self.k_configs * (self.k_configs - 1) // 2
             s = (f"With {self.n_min} runs per configuration and {100 * self.sd:.1f}% run-to-run noise (SD of log), one "
-                 f"comparison detects with {self.power:.0%} power at alpha {self.alpha:g} a ratio of {band(self.mde)}; when all "
-                 f"{self.k_configs * (self.k_configs - 1) // 2} pairs are tested, {band(self.mde_all_pairs)}.")
+                 f"comparison detects with {self.power:.0%} power at alpha {self.alpha:g} a ratio of {band(self.mde)}"
+                 + (f"; when all {pairs} pairs are tested, {band(self.mde_all_pairs)}." if pairs > 1 else '.'))
         else:
             s = (f"With {self.n_min} runs per configuration and within SD {self.sd:.4g}, one comparison detects a "
-                 f"difference of about {self.mde:.4g} with {self.power:.0%} power at alpha {self.alpha:g} "
-                 f"({self.mde_all_pairs:.4g} when all pairs are tested).")
+                 f"difference of about {self.mde:.4g} with {self.power:.0%} power at alpha {self.alpha:g}"
+                 + (f" ({self.mde_all_pairs:.4g} when all pairs are tested)." if self.k_configs > 2 else '.'))
         if self.target is not None:
             s += (f" Detecting {self.target:g} needs {self.runs_needed} runs per configuration for one comparison, "
                   f"{self.runs_needed_all_pairs} for all pairs, {self.runs_needed_anova} for the ANOVA.")
@@ -162,7 +163,7 @@ def power_analysis(runs, # one row per run (DataFrame or `RunTable`)
         res.runs_needed_anova = _ceil_runs(anova_n(d / math.sqrt(2 * k), k, alpha, power)) if k > 1 else None
     return res
 
-# %% ../nbs/33_stats_power.ipynb #8b5543d0
+# %% ../nbs/33_stats_power.ipynb #8ba997cb
 VERDICTS = ('different', 'different but within the margin', 'equivalent within the margin', 'inconclusive')
 
 @dataclass
@@ -221,7 +222,7 @@ def equivalence(runs, # one row per run (DataFrame or `RunTable`)
     return EquivalenceResult(la, lb, float(margin), low, high, diff, lo, hi, float(p_lower), float(p_upper), float(p_tost),
                              float(p_diff), equiv, verdict, t.metric, t.scale, alpha)
 
-# %% ../nbs/33_stats_power.ipynb #3539ec41
+# %% ../nbs/33_stats_power.ipynb #9624e8af
 def equivalence_runs_needed(margin_effect:float, # the margin on the analysis scale (log(1.05) for 5%)
                             sd:float, # within-configuration SD on the analysis scale
                             alpha:float=0.05, # level of each one-sided test
