@@ -8,7 +8,7 @@ Meters a fixed bf16 matmul workload (and the built-in model, when `energytok.mod
 - the idle baseline, and one window's full power trace (CSV, usable as a replay trace).
 
 Writes to OUT_DIR: results.json (everything), windows.csv (one row per window), overhead.csv, sampler.csv,
-trace_matmul.csv. Finishes in about 3 minutes on an H200 (a guard stops adding sections after 8 minutes).
+trace_matmul.csv, model.csv (when the built-in model ran). Finishes in about 3 minutes on an H200 (a guard stops adding sections after 8 minutes).
 Exits with code 2 and a message when no NVIDIA GPU is visible.
 
 Usage: python benchmarks/gpu_validation.py OUT_DIR [--quick]
@@ -123,24 +123,27 @@ def section_overhead(sensors, wl, s_per_mm, reps, sync, scale):
     return rows, summary
 
 
-def section_model(sensors, device, sync, quick):
-    "The built-in model's generation under the meter, if the model can be loaded here."
+def section_model(sensors, device, sync, quick, scale):
+    "The built-in model's greedy generation under the meter, if `energytok.model` can load it here."
     try:
-        from energytok.model import ByteTokenizer, generate, load_builtin
+        from energytok.model import ByteTokenizer, builtin_meta, generate, load_builtin
         model = load_builtin(device, 'bf16' if device == 'cuda' else 'fp32')
         prompt = ByteTokenizer().encode('In the beginning was the Word, and the Word was with God, and the Word was God.')
+        max_len = builtin_meta()['config']['max_seq_len']
     except Exception as e:
         return None, f"built-in model skipped: {type(e).__name__}: {e}"
+    batch, new_tokens = (4, 16) if quick else (64, max_len - len(prompt))
+    prompts = [prompt] * batch
+    t = time.perf_counter(); generate(model, prompts, new_tokens)  # warm-up, and the time of one generation
+    if sync: sync()
+    repeats = max(1, round(scale * 2.0 / (time.perf_counter() - t)))  # windows of about 2 s
     rows = []
-    batch, new_tokens = (4, 16) if quick else (32, 256)
-    generate(model, [prompt] * batch, 4)  # warm-up
     with Meter(sensors, period_s=0.01, sync=sync) as m:
-        for rep in range(1 if quick else 3):
-            with m.window(f'generate-{rep}') as w: out = generate(model, [prompt] * batch, new_tokens)
-            toks = sum(len(o) for o in out)
+        for k in range(1 if quick else 3):
+            with m.window(f'generate-{k}') as w: toks = sum(len(o) for _ in range(repeats) for o in generate(model, prompts, new_tokens))
             row = window_row(w.result, 'builtin-generate', None, 0.01)
-            row.update(batch_size=batch, new_tokens=new_tokens, generated_tokens=toks, tokens_per_s=toks / w.result.duration_s,
-                       j_per_token=w.result.energy_j / toks)
+            row.update(batch_size=batch, new_tokens=new_tokens, generations=repeats, generated_tokens=toks,
+                       tokens_per_s=toks / w.result.duration_s, j_per_token=w.result.energy_j / toks)
             rows.append(row)
     return rows, ''
 
@@ -187,15 +190,20 @@ def main(argv=None):
         median_abs_discrepancy_all=statistics.median(map(abs, disc)) if disc else None,
         median_abs_discrepancy_windows_ge_2s=statistics.median(map(abs, long_disc)) if long_disc else None))
 
+    (out/'results.json').write_text(json.dumps(results, indent=1, default=str))  # kept if a later section fails
     if time.perf_counter() - t_start < BUDGET_S:
-        ov_rows, ov = section_overhead(sensors, wl, s_per_mm, 3 if a.quick else 7, sync, scale)
-        write_csv(out/'overhead.csv', ov_rows)
-        results['overhead_throughput_ratio'] = ov
+        try:
+            ov_rows, ov = section_overhead(sensors, wl, s_per_mm, 3 if a.quick else 7, sync, scale)
+            write_csv(out/'overhead.csv', ov_rows)
+            results['overhead_throughput_ratio'] = ov
+        except Exception as e: skipped.append(f'overhead failed: {type(e).__name__}: {e}')
     else: skipped.append('overhead: time budget spent')
     if time.perf_counter() - t_start < BUDGET_S:
-        model_rows, why = section_model(sensors, device, sync, a.quick)
-        if model_rows: write_csv(out/'model.csv', model_rows); results['model'] = model_rows
-        else: skipped.append(why)
+        try:
+            model_rows, why = section_model(sensors, device, sync, a.quick, scale)
+            if model_rows: write_csv(out/'model.csv', model_rows); results['model'] = model_rows
+            else: skipped.append(why)
+        except Exception as e: skipped.append(f'built-in model failed: {type(e).__name__}: {e}')
     else: skipped.append('built-in model: time budget spent')
 
     env['temperature_after_c'] = {s.domain: s.temperature_c() for s in sensors}

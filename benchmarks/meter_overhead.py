@@ -4,6 +4,8 @@
    in interleaved runs (the order of the three conditions is shuffled in every repetition; ratios are paired
    within a repetition). Workloads: greedy generation with the built-in model when it can be loaded, a torch
    matmul loop, and a pure-Python loop (the worst case for a Python sampler thread, which competes for the GIL).
+   torch runs one intra-op thread, as a process driving a GPU mostly does, so that on a small machine the
+   workload's own threads do not oversubscribe the cores and swamp what the sampler costs.
 2. Highest sustained sampling rate with a replay sensor, and its tick lateness (jitter) percentiles.
 3. Window open+close latency of energytok against codecarbon's OfflineEmissionsTracker start+stop (offline,
    country set, nothing saved, logging quiet).
@@ -35,7 +37,7 @@ def python_workload(n=4_000_000):
     return run
 
 
-def matmul_workload(size=384, iters=150):
+def matmul_workload(size=384, iters=60):
     import torch
     a = torch.randn(size, size)
     def run():
@@ -43,7 +45,7 @@ def matmul_workload(size=384, iters=150):
     return run
 
 
-def model_workload(new_tokens=64, batch=4):
+def model_workload(new_tokens=32, batch=4):
     "Greedy generation with the built-in model (None if it cannot be loaded here)."
     try:
         from energytok.model import ByteTokenizer, generate, load_builtin
@@ -133,8 +135,10 @@ def main(argv=None):
         t = time.perf_counter(); n = 200
         for _ in range(n): s.read()
         print(f"  one read of {s.domain}: {(time.perf_counter() - t) / n * 1e6:.0f} us")
-    workloads = [('python loop', python_workload()), ('torch matmul (cpu)', matmul_workload())]
-    if (mw := model_workload()) is not None: workloads.insert(0, ('built-in model generate (cpu)', mw))
+    import torch
+    torch.set_num_threads(1)
+    workloads = [('python loop', python_workload()), ('torch matmul (cpu, 1 thread)', matmul_workload())]
+    if (mw := model_workload()) is not None: workloads.insert(0, ('built-in model generate (cpu, 1 thread)', mw))
     for name, work in workloads: sampler_overhead(name, work, sensors, reps)
     max_rate(0.3 if a.quick else 1.0)
     window_latency(sensors, 20 if a.quick else 200, 3 if a.quick else 8)

@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #21bcff1c
+# %% ../nbs/15_meter.ipynb #4a8558dc
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #7485d5e8
+# %% ../nbs/15_meter.ipynb #6d6c12b4
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #02828d2c
+# %% ../nbs/15_meter.ipynb #571bc899
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -64,7 +64,7 @@ class _Acc:
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
         self.last_t_s = t
 
-# %% ../nbs/15_meter.ipynb #b0dd8d28
+# %% ../nbs/15_meter.ipynb #9bf02159
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -100,7 +100,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #21b76e70
+# %% ../nbs/15_meter.ipynb #e7b1e8e2
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -119,7 +119,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #2afd90fc
+# %% ../nbs/15_meter.ipynb #58dbe5d0
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -155,7 +155,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #8ee2ca0d
+# %% ../nbs/15_meter.ipynb #e49b7c3c
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -178,7 +178,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #85f664a0
+# %% ../nbs/15_meter.ipynb #c36104fa
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -200,7 +200,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #022db80f
+# %% ../nbs/15_meter.ipynb #0a0bfcd0
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -234,7 +234,7 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #3e504d76
+# %% ../nbs/15_meter.ipynb #6c3be92f
 @patch
 def _update_peaks(self:Meter):
     "Raise the peak total power of open windows to the sum of the sensors' latest powers, if higher."
@@ -270,7 +270,7 @@ def _loop(self:Meter):
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #ba032f3b
+# %% ../nbs/15_meter.ipynb #768077a7
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -302,7 +302,7 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
                 jitter_max_s=float(late.max()), sampler_errors=list(self._errors))
 
-# %% ../nbs/15_meter.ipynb #43f3ea3c
+# %% ../nbs/15_meter.ipynb #b642c4bd
 @patch
 def _edge(self:Meter,
           close:str|None=None, # name of the window to close at this edge
@@ -333,7 +333,7 @@ def _edge(self:Meter,
     if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
-# %% ../nbs/15_meter.ipynb #ab36505c
+# %% ../nbs/15_meter.ipynb #2b5edd06
 @patch
 def open_acc(self:_Track, t_s:float) -> _Acc:
     "Register the accumulator of a window opened at `t_s` (lock held)."
@@ -356,7 +356,7 @@ def close_acc(self:_Track, acc:_Acc, edges:list):
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
 
-# %% ../nbs/15_meter.ipynb #23745494
+# %% ../nbs/15_meter.ipynb #d31de6bb
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
@@ -380,7 +380,7 @@ def next_window(self:Meter,
     "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
     return self._edge(close=close, open_=open_)
 
-# %% ../nbs/15_meter.ipynb #84e0d765
+# %% ../nbs/15_meter.ipynb #6119dc14
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -402,7 +402,7 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #d5235d34
+# %% ../nbs/15_meter.ipynb #4adce52f
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
@@ -416,7 +416,7 @@ def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #2adccee3
+# %% ../nbs/15_meter.ipynb #eaaa0fb3
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -433,7 +433,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #4538d575
+# %% ../nbs/15_meter.ipynb #dfe7fefa
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -454,7 +454,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #a1bbf9ad
+# %% ../nbs/15_meter.ipynb #18490f8b
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -467,7 +467,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #035b389b
+# %% ../nbs/15_meter.ipynb #9292bc90
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -501,7 +501,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #f8563fd3
+# %% ../nbs/15_meter.ipynb #5f177b9a
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)
