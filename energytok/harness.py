@@ -9,14 +9,14 @@ __all__ = ['best_device', 'check_device', 'RunConfig', 'Backend', 'text_prompts'
            'truncate_at_stop', 'add_step', 'latency_stats', 'Generation', 'measure_generation', 'RunResult',
            'run_result', 'hf_stream', 'HFBackend']
 
-# %% ../nbs/23_harness.ipynb #de13fad1
-import time, math, inspect, platform, socket, functools
-from dataclasses import dataclass, asdict, field, replace
+# %% ../nbs/23_harness.ipynb #d3910e29
+import time, inspect, functools
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
-from .checks import check_choice, check_positive
-from .model import DTYPES, QUANTIZATIONS, check_precision
+from .checks import check_choice
+from .model import check_precision
 
-# %% ../nbs/23_harness.ipynb #013c7578
+# %% ../nbs/23_harness.ipynb #e02356aa
 def best_device() -> str:
     "'cuda:0' when PyTorch sees a CUDA GPU, else 'cpu'."
     import torch
@@ -38,7 +38,7 @@ def check_device(device:str # 'cpu', 'cuda' or 'cuda:N'
     if i >= n: raise ValueError(f"device: {device!r} is not available here ({n} CUDA device(s) visible)")
     return f'cuda:{i}'
 
-# %% ../nbs/23_harness.ipynb #e7431e42
+# %% ../nbs/23_harness.ipynb #bc47034b
 @dataclass(frozen=True)
 class RunConfig:
     "What one run generates, and how."
@@ -70,7 +70,7 @@ class RunConfig:
                     new_tokens=self.new_tokens, device=self.device, quantization=self.quantization,
                     levers=dict(stop_token_ids=list(self.stop_token_ids), torch_threads=self.threads))
 
-# %% ../nbs/23_harness.ipynb #80759aa7
+# %% ../nbs/23_harness.ipynb #9b5c4cc7
 class Backend:
     "Produces tokens for the harness; subclasses set `name`, `device`, `dtype`, `quantization`."
     name, device, dtype, quantization = 'backend', 'cpu', 'fp32', 'none'
@@ -88,7 +88,7 @@ class Backend:
             torch.cuda.synchronize(self.device)
     def __repr__(self): return f'{type(self).__name__}({self.name!r}, {self.device}, {self.dtype}, quantization={self.quantization})'
 
-# %% ../nbs/23_harness.ipynb #5576d04d
+# %% ../nbs/23_harness.ipynb #817c739b
 def text_prompts(ids:list, # token ids of a text
                  batch_size:int, # prompts wanted
                  prompt_tokens:int, # tokens per prompt
@@ -100,7 +100,7 @@ def text_prompts(ids:list, # token ids of a text
     pool = (list(ids) * reps)[:need]
     return [pool[i*prompt_tokens:(i+1)*prompt_tokens] for i in range(batch_size)]
 
-# %% ../nbs/23_harness.ipynb #4078104f
+# %% ../nbs/23_harness.ipynb #5d642ae9
 class BuiltinBackend(Backend):
     "The built-in `tinylm-kjv` model; quality is its held-out loss (nats/token) in this precision."
     quality_metric, quality_higher_is_better = 'heldout_loss_nats', False
@@ -126,7 +126,7 @@ class BuiltinBackend(Backend):
         from energytok.model import evaluate_lm
         return evaluate_lm(self.model, self._held, max_tokens=self._quality_tokens).loss_nats
 
-# %% ../nbs/23_harness.ipynb #197265d2
+# %% ../nbs/23_harness.ipynb #d1d7f844
 class CallableBackend(Backend):
     "Any function `fn(prompts, new_tokens)` returning generated ids per sequence, or yielding them step by step."
     def __init__(self, fn, # the generator function
@@ -154,7 +154,7 @@ class CallableBackend(Backend):
 
     def quality(self): return None if self.quality_fn is None else float(self.quality_fn())
 
-# %% ../nbs/23_harness.ipynb #25d4d835
+# %% ../nbs/23_harness.ipynb #67031059
 def truncate_at_stop(ids:list, # generated ids of one sequence
                      stop_token_ids=(), # ids that end a sequence
                     ) -> list:
@@ -176,7 +176,7 @@ def add_step(out:list, # per-sequence token lists, updated in place
         seq.append(int(t)); n += 1
     return n
 
-# %% ../nbs/23_harness.ipynb #580a2dab
+# %% ../nbs/23_harness.ipynb #d005ea87
 def latency_stats(step_s:list # duration of each decode step, s
                  ) -> dict:
     "tpot_s (mean), tpot_p50_s, tpot_p90_s, tpot_p99_s of the decode steps (all None without steps)."
@@ -186,7 +186,7 @@ def latency_stats(step_s:list # duration of each decode step, s
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return dict(tpot_s=float(a.mean()), tpot_p50_s=float(p50), tpot_p90_s=float(p90), tpot_p99_s=float(p99))
 
-# %% ../nbs/23_harness.ipynb #f982bd3b
+# %% ../nbs/23_harness.ipynb #7c317e66
 @dataclass
 class Generation:
     "What one measured generation produced: tokens per sequence, phase times and meter windows."
@@ -209,7 +209,7 @@ class Generation:
         return (f'Generation({len(self.tokens)} seqs, prefill {self.prefill_tokens} tok, decode {self.decode_tokens} tok, '
                 f'{self.duration_s*1e3:.1f} ms, {len(self.step_s)} decode steps)')
 
-# %% ../nbs/23_harness.ipynb #c521ac82
+# %% ../nbs/23_harness.ipynb #929e8b39
 def measure_generation(backend:Backend, # what produces the tokens
                        config:RunConfig, # batch size, lengths, stop tokens
                        meter, # a started `energytok.meter.Meter`
@@ -247,7 +247,7 @@ def measure_generation(backend:Backend, # what produces the tokens
     t2 = time.perf_counter(); dec = meter.end_window('decode')
     return Generation(out, config.prompt_tokens, t1 - t0, t2 - t1, t2 - t0, steps, prefill=pre, decode=dec)
 
-# %% ../nbs/23_harness.ipynb #51660a24
+# %% ../nbs/23_harness.ipynb #c1d22750
 def _sum_dicts(*ds) -> dict:
     out = {}
     for d in ds:
@@ -262,7 +262,7 @@ def _opt_sum(*vals):
 
 def _div(a, b): return None if a is None or not b else a / b
 
-# %% ../nbs/23_harness.ipynb #0ecb777d
+# %% ../nbs/23_harness.ipynb #bf7f4377
 @dataclass
 class RunResult:
     "Tokens, times, energy per phase with provenance, per-token figures and quality of one measured run."
@@ -332,7 +332,7 @@ def run_result(gen:Generation, # a measured generation
         meets_quality=q_star.check(quality) if q_star else None,
         meets_service=s_star.check(gen.prefill_s, lat['tpot_p90_s']) if s_star else None, flags=flags)
 
-# %% ../nbs/23_harness.ipynb #b060b5fd
+# %% ../nbs/23_harness.ipynb #573899b5
 def hf_stream(model, # a causal LM called as model(input_ids=..., past_key_values=..., use_cache=True)
               prompts:list, # token ids, one equal-length list per sequence
               new_tokens:int, # most tokens per sequence

@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/metrics.html.md"""
 __all__ = ['GROUP_BY', 'Figure', 'per_token', 'pue_adjusted', 'hardware_for_device', 'energy_floor', 'carbon_intensity',
            'carbon_per_token', 'cost_per_million_tokens', 'good_runs', 'slot_utilization', 'token_metrics']
 
-# %% ../nbs/22_metrics.ipynb #680b8d9f
-import math, re
+# %% ../nbs/22_metrics.ipynb #35cf277d
+import re
 from dataclasses import dataclass, asdict
-from .checks import check_positive, check_range, check_fraction, check_columns, check_choice
+from .checks import check_positive, check_range, check_fraction, check_columns
 from .store import QualityTarget, ServiceTarget
 
-# %% ../nbs/22_metrics.ipynb #9196e1f0
+# %% ../nbs/22_metrics.ipynb #fc85e78e
 @dataclass(frozen=True)
 class Figure:
     "One derived number with its unit, the provenance of its energy, and whether it is an estimate."
@@ -33,7 +33,7 @@ class Figure:
         return f'**{self.name}** = {self.value:.4g} {self.unit}{est}  \nprovenance: `{self.provenance}`  \n{self.basis}'
     def to_dict(self) -> dict: return asdict(self)
 
-# %% ../nbs/22_metrics.ipynb #2be46e86
+# %% ../nbs/22_metrics.ipynb #63dbe48a
 def per_token(energy_j:float, # energy, J
               tokens:float, # tokens the energy produced (or processed)
               provenance:str, # where `energy_j` came from
@@ -52,7 +52,7 @@ def pue_adjusted(fig:Figure, # an IT-level per-token figure
     p = check_range('pue', pue, lo=1.0)
     return Figure(f'{fig.name}_pue', fig.value * p, fig.unit, fig.provenance, fig.estimated, f'{fig.basis} x PUE {p:g}')
 
-# %% ../nbs/22_metrics.ipynb #42a7dc2f
+# %% ../nbs/22_metrics.ipynb #e2eb61a2
 _DEVICE_PATTERNS = (  # (regex on the driver's device name, HARDWARE key); first match wins
     (r'\bH200\b', 'H200'),
     (r'\bH100\b(?!.*(PCIe|NVL))', 'H100-SXM'),
@@ -80,7 +80,7 @@ def energy_floor(flops_per_token:float, # FLOPs per token (`energytok.production
     return Figure('floor_j_per_token', f * jpf, 'J/token', f'datasheet:{spec.name}:{dtype}', False,
                   f'{f:.4g} FLOP/token x {jpf:.3g} J/FLOP ({spec.power_limit_w:g} W / {spec.peak(dtype):.4g} FLOP/s)')
 
-# %% ../nbs/22_metrics.ipynb #d24f7d44
+# %% ../nbs/22_metrics.ipynb #8f933905
 def carbon_intensity(country:str # ISO 3166 alpha-3 country code, e.g. 'FRA', 'USA'
                     ) -> Figure:
     "Carbon intensity of the country's electricity from codecarbon's offline energy-mix data, gCO2e/kWh."
@@ -103,7 +103,7 @@ def carbon_per_token(j_per_token:Figure, # J/token (preferably PUE-adjusted)
     return Figure('g_co2e_per_token', g, 'gCO2e/token', f'{j_per_token.provenance} x {intensity.provenance}',
                   j_per_token.estimated or intensity.estimated, f'{j_per_token.value:.4g} J/token / 3.6e6 J/kWh x {intensity.value:g} gCO2e/kWh')
 
-# %% ../nbs/22_metrics.ipynb #d8cf85e6
+# %% ../nbs/22_metrics.ipynb #f541f28e
 def cost_per_million_tokens(j_per_token:Figure, # J/token at the IT level
                             usd_per_kwh:float, # electricity price, USD/kWh
                             pue:float=1.0, # power usage effectiveness, >= 1
@@ -115,7 +115,7 @@ def cost_per_million_tokens(j_per_token:Figure, # J/token at the IT level
     return Figure('usd_per_mtok', usd, 'USD/Mtoken', j_per_token.provenance, j_per_token.estimated,
                   f'{j_per_token.value:.4g} J/token x PUE {p:g} x 1e6 / 3.6e6 J/kWh x {price:g} USD/kWh')
 
-# %% ../nbs/22_metrics.ipynb #e8711cc5
+# %% ../nbs/22_metrics.ipynb #111abc50
 def good_runs(runs, # a table of runs (`load_runs`)
               q_star:QualityTarget=None, # quality target; None keeps each record's `meets_quality`
               s_star:ServiceTarget=None, # service target; None keeps each record's `meets_service`
@@ -132,7 +132,7 @@ def slot_utilization(runs # a table of runs (`load_runs`)
     check_columns('runs', runs, ['decode_tokens', 'batch_size', 'new_tokens'])
     return runs.decode_tokens / (runs.batch_size * runs.new_tokens)
 
-# %% ../nbs/22_metrics.ipynb #835394d1
+# %% ../nbs/22_metrics.ipynb #cc9c228f
 GROUP_BY = ('model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens', 'new_tokens', 'device')
 
 def _floor_row(g, dtype, quantization, active_params, context_tokens, n_layers, d_model, spec):

@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/store.html.md"""
 __all__ = ['SCHEMA_VERSION', 'RUN_COLUMNS', 'CONFIG_COLUMNS', 'run_key', 'make_record', 'utc_now', 'RunStore', 'read_records',
            'load_runs', 'QualityTarget', 'ServiceTarget', 'write_json_atomic']
 
-# %% ../nbs/21_store.ipynb #616e040e
+# %% ../nbs/21_store.ipynb #012a9900
 import os, json, math, hashlib, datetime, warnings, numbers
 from dataclasses import dataclass
 from pathlib import Path
 from .checks import check_number, check_positive
 
-# %% ../nbs/21_store.ipynb #51d96c14
+# %% ../nbs/21_store.ipynb #14a80464
 SCHEMA_VERSION = 1
 
 RUN_COLUMNS = (
@@ -42,7 +42,7 @@ RUN_COLUMNS = (
 
 CONFIG_COLUMNS = ('model', 'dtype', 'batch_size', 'prompt_tokens', 'new_tokens', 'device', 'levers', 'quantization')
 
-# %% ../nbs/21_store.ipynb #2feaa197
+# %% ../nbs/21_store.ipynb #611883cb
 def _canonical(obj) -> str:
     "Canonical JSON text of `obj` (sorted keys, no spaces)."
     return json.dumps(obj, sort_keys=True, separators=(',', ':'), default=str)
@@ -57,7 +57,7 @@ def run_key(sweep_id:str, # the sweep the run belongs to
     h = hashlib.sha256(_canonical([sweep_id, config, int(repetition)]).encode()).hexdigest()[:12]
     return f'{sweep_id}-{h}'
 
-# %% ../nbs/21_store.ipynb #a99811a9
+# %% ../nbs/21_store.ipynb #a8551c06
 def _plain(v):
     "`v` as plain JSON-able Python (numpy scalars to numbers, tuples to lists); non-finite floats stay floats."
     if v is None or isinstance(v, (bool, str)): return v
@@ -84,12 +84,12 @@ def make_record(**fields) -> dict:
     rec['flags'] = flags
     return rec
 
-# %% ../nbs/21_store.ipynb #034a1098
+# %% ../nbs/21_store.ipynb #39fb7060
 def utc_now() -> str:
     "Current time as ISO 8601 in UTC, to the millisecond."
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='milliseconds')
 
-# %% ../nbs/21_store.ipynb #9359d674
+# %% ../nbs/21_store.ipynb #09530d4d
 class RunStore:
     "Append-only JSON Lines file of run records."
     def __init__(self, path # the runs.jsonl file (created with its folder on first append)
@@ -134,7 +134,7 @@ def _fsync_dir(folder:Path) -> None:
         finally: os.close(fd)
     except OSError: pass
 
-# %% ../nbs/21_store.ipynb #b206183b
+# %% ../nbs/21_store.ipynb #d78ae7c7
 def read_records(path # a runs.jsonl file
                 ) -> tuple:
     "(records, number of unreadable lines) of one JSON Lines file; a missing file has no records."
@@ -150,7 +150,7 @@ def read_records(path # a runs.jsonl file
             else: bad += 1
     return recs, bad
 
-# %% ../nbs/21_store.ipynb #c71e5c1b
+# %% ../nbs/21_store.ipynb #76415b82
 def load_runs(path # a runs.jsonl file, or a folder searched recursively for *.jsonl
              ):
     "One row per completed run, columns `RUN_COLUMNS` first; empty (with the columns) when there are none."
@@ -172,7 +172,7 @@ def load_runs(path # a runs.jsonl file, or a folder searched recursively for *.j
     cols = list(RUN_COLUMNS) + list(dict.fromkeys(extra))
     return pd.DataFrame(rows, columns=cols)
 
-# %% ../nbs/21_store.ipynb #94e3e995
+# %% ../nbs/21_store.ipynb #e77ae359
 @dataclass(frozen=True)
 class QualityTarget:
     "q*: the quality a run must reach for its tokens to count as good."
@@ -207,7 +207,7 @@ class ServiceTarget:
         parts = [f'TTFT <= {self.max_ttft_s:g} s' if self.max_ttft_s else '', f'TPOT p90 <= {self.max_tpot_s:g} s' if self.max_tpot_s else '']
         return ', '.join(p for p in parts if p) or 'no service limit'
 
-# %% ../nbs/21_store.ipynb #4dc3f47f
+# %% ../nbs/21_store.ipynb #cafc338d
 def write_json_atomic(path, # destination file
                       obj, # JSON-able object
                      ) -> Path:

@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/workload.html.md"""
 __all__ = ['FACTORS', 'Sweep', 'PlannedRun', 'plan', 'check_models', 'make_backend', 'device_sensor', 'environment',
            'temperature_c', 'run_record', 'SweepResult', 'run_sweep', 'summary_table', 'estimate_notice', 'run_cli']
 
-# %% ../nbs/24_workload.ipynb #056f73a6
+# %% ../nbs/24_workload.ipynb #e7038855
 import sys, time, random, itertools, hashlib, json, socket, platform, importlib.util
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .store import (RunStore, make_record, run_key, utc_now, write_json_atomic, 
                              ServiceTarget, _canonical)
 from .harness import RunConfig, Backend, BuiltinBackend, HFBackend, measure_generation, run_result, best_device
 
-# %% ../nbs/24_workload.ipynb #5fff26e3
+# %% ../nbs/24_workload.ipynb #638ffa25
 FACTORS = tuple(f.name for f in fields(RunConfig))
 
 @dataclass
@@ -68,7 +68,7 @@ class Sweep:
         "`name` and a hash of `spec()`: the same design always gets the same id."
         return f"{self.name}-{hashlib.sha256(_canonical(self.spec()).encode()).hexdigest()[:8]}"
 
-# %% ../nbs/24_workload.ipynb #0dd06a4d
+# %% ../nbs/24_workload.ipynb #db0e3b97
 @dataclass(frozen=True)
 class PlannedRun:
     "One measured run of a sweep, in order."
@@ -88,7 +88,7 @@ def plan(sweep:Sweep # the design
             out.append(PlannedRun(len(out), rep, configs[i], run_key(sid, configs[i].key(), rep)))
     return out
 
-# %% ../nbs/24_workload.ipynb #9015ce02
+# %% ../nbs/24_workload.ipynb #32a98e60
 def check_models(configs:list, # RunConfigs
                  backends:dict=None, # model name -> Backend or factory(config) -> Backend
                 ) -> None:
@@ -117,7 +117,7 @@ def make_backend(config:RunConfig, # what to run
     if config.model == BUILTIN_NAME: return BuiltinBackend(config.device, config.dtype, config.quantization)
     return HFBackend(config.model, config.device, config.dtype, config.quantization)
 
-# %% ../nbs/24_workload.ipynb #a35db9be
+# %% ../nbs/24_workload.ipynb #a42f46ad
 def _cpu_name() -> str:
     try:
         for line in open('/proc/cpuinfo'):
@@ -155,7 +155,7 @@ def temperature_c(sensors:list, # the meter's sensors
     s = device_sensor(list(sensors), device)
     return None if s is None else s.temperature_c()
 
-# %% ../nbs/24_workload.ipynb #029fbe94
+# %% ../nbs/24_workload.ipynb #2d037b06
 def run_record(planned:PlannedRun, # the run's place in the sweep
                sweep_id:str, # the sweep
                result, # its `RunResult`
@@ -168,7 +168,7 @@ def run_record(planned:PlannedRun, # the run's place in the sweep
     return make_record(run_id=planned.run_id, sweep_id=sweep_id, timestamp=utc_now(), repetition=planned.repetition,
                        order_index=planned.order_index, **d, **env, temp_before_c=temp_before_c, temp_after_c=temp_after_c)
 
-# %% ../nbs/24_workload.ipynb #d4b602c8
+# %% ../nbs/24_workload.ipynb #3a195a62
 @dataclass
 class SweepResult:
     "Where a sweep's records are and what this call did."
@@ -244,7 +244,7 @@ def run_sweep(sweep:Sweep, # the design
         if not was_running: meter.stop()
     return res
 
-# %% ../nbs/24_workload.ipynb #590bfaff
+# %% ../nbs/24_workload.ipynb #5fd7850c
 def _parse_list(name:str, text, kind=str) -> list:
     "Comma-separated `text` as a list of `kind`, naming the flag on error."
     flag = '--' + name.replace('_', '-')
@@ -274,7 +274,7 @@ def estimate_notice(runs) -> str:
             "read on this machine, so J/token comes from a model of CPU power. Use it to compare configurations here, "
             "not as a measurement.")
 
-# %% ../nbs/24_workload.ipynb #ec049b1f
+# %% ../nbs/24_workload.ipynb #e6da4009
 @call_parse
 def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Face folders, comma-separated
             dtype:str='fp32,bf16', # numeric formats, comma-separated (fp32, bf16, fp16)
