@@ -10,13 +10,13 @@ __all__ = ['ASSETS', 'BUILTIN_NAME', 'CORPUS_FILE', 'HELDOUT_FILE', 'DTYPES', 'Q
            'generate_stream', 'generate', 'builtin_meta', 'load_builtin', 'LMEval', 'evaluate_lm', 'heldout_ids',
            'precision_table', 'TrainRecipe', 'train_tinylm', 'save_builtin']
 
-# %% ../nbs/20_model.ipynb #2b1ed25a
+# %% ../nbs/20_model.ipynb #d280eb72
 import json, math, time, copy, hashlib, functools, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from .checks import check_positive, check_choice
 
-# %% ../nbs/20_model.ipynb #5f00f9d9
+# %% ../nbs/20_model.ipynb #a0080086
 @dataclass(frozen=True)
 class ByteTokenizer:
     "UTF-8 bytes as token ids (vocabulary of 256); the newline byte is the stop token."
@@ -31,7 +31,7 @@ class ByteTokenizer:
         "Text of the token ids `ids` (invalid UTF-8 shown as U+FFFD)."
         return bytes(int(i) for i in ids).decode('utf-8', errors='replace')
 
-# %% ../nbs/20_model.ipynb #f8d604ce
+# %% ../nbs/20_model.ipynb #b5b2126a
 ASSETS = Path(__file__).parent/'assets' if '__file__' in globals() else Path('../energytok/assets')
 BUILTIN_NAME = 'tinylm-kjv'
 CORPUS_FILE = 'kjv-gospels-acts.txt'
@@ -43,7 +43,7 @@ def builtin_paths(assets:Path=None, # folder with the shipped files; the package
     d = Path(assets) if assets is not None else ASSETS
     return dict(weights=d/f'{BUILTIN_NAME}.pt', meta=d/f'{BUILTIN_NAME}.json', heldout=d/HELDOUT_FILE)
 
-# %% ../nbs/20_model.ipynb #27ac19b1
+# %% ../nbs/20_model.ipynb #e5bed4c6
 def split_corpus(text:str, # the corpus, one verse per line
                  every:int=20, # hold out one line in `every`
                 ) -> tuple:
@@ -54,7 +54,7 @@ def split_corpus(text:str, # the corpus, one verse per line
     held = [l for i, l in enumerate(lines) if i % every == every - 1]
     return '\n'.join(train) + '\n', '\n'.join(held) + '\n'
 
-# %% ../nbs/20_model.ipynb #1f6bb720
+# %% ../nbs/20_model.ipynb #d6e92950
 @dataclass(frozen=True)
 class TinyLMConfig:
     "Shape of the built-in decoder-only transformer."
@@ -84,7 +84,7 @@ class TinyLMConfig:
 
     def to_dict(self) -> dict: return asdict(self)
 
-# %% ../nbs/20_model.ipynb #d139eae1
+# %% ../nbs/20_model.ipynb #412fb935
 class KVCache:
     "Keys and values of every layer for a batch, preallocated to `max_len` tokens."
     def __init__(self, n_layers:int, batch_size:int, n_heads:int, max_len:int, head_dim:int, dtype, device):
@@ -96,7 +96,7 @@ class KVCache:
 
     def __repr__(self): return f'KVCache(layers={len(self.k)}, shape={tuple(self.k[0].shape)}, length={self.length})'
 
-# %% ../nbs/20_model.ipynb #ca54a26f
+# %% ../nbs/20_model.ipynb #21b23442
 @functools.cache
 def _tinylm_class():
     "Build the `TinyLM` module class (imports torch)."
@@ -168,7 +168,7 @@ def tinylm(config:TinyLMConfig=None, # shape of the network; `TinyLMConfig()` wh
         elif name.endswith('bias'): torch.nn.init.zeros_(p)
     return m.eval()
 
-# %% ../nbs/20_model.ipynb #2cbf0311
+# %% ../nbs/20_model.ipynb #3595b11b
 DTYPES = ('fp32', 'bf16', 'fp16')
 QUANTIZATIONS = ('none', 'int8-dynamic')
 
@@ -208,7 +208,7 @@ def apply_precision(model, # a torch module in fp32
             model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 
-# %% ../nbs/20_model.ipynb #a1370c07
+# %% ../nbs/20_model.ipynb #cb4ff6f6
 def generate_stream(model, # a `TinyLM` (or any module with `forward(ids, cache)` and `new_cache`)
                     prompts, # token ids, one equal-length list per sequence
                     new_tokens:int, # most tokens to generate per sequence
@@ -246,7 +246,7 @@ def generate(model, # see `generate_stream`
             if t is not None: seq.append(t)
     return out
 
-# %% ../nbs/20_model.ipynb #dc064e39
+# %% ../nbs/20_model.ipynb #9785d19c
 def builtin_meta(assets:Path=None # folder with the shipped files; the package's `assets/` when None
                 ) -> dict:
     "The built-in model's description: configuration, training recipe, corpus checksum, held-out figures."
@@ -268,7 +268,7 @@ def load_builtin(device:str='cpu', # torch device
     m.load_state_dict(state)
     return apply_precision(m, dtype, quantization, device)
 
-# %% ../nbs/20_model.ipynb #f21f89ba
+# %% ../nbs/20_model.ipynb #dc5c0fb3
 @dataclass
 class LMEval:
     "Next-token quality of a model on a token sequence."
@@ -310,7 +310,7 @@ def heldout_ids(assets:Path=None, # folder with the shipped files; the package's
     "Token ids of the shipped held-out text."
     return ByteTokenizer().encode(builtin_paths(assets)['heldout'].read_text())
 
-# %% ../nbs/20_model.ipynb #8b5a7129
+# %% ../nbs/20_model.ipynb #b6f88a39
 def precision_table(configs=(('fp32', 'none'), ('bf16', 'none'), ('fp32', 'int8-dynamic')), # (dtype, quantization) pairs
                     max_tokens:int=8192, # held-out tokens scored per configuration
                     device:str='cpu', # torch device
@@ -324,7 +324,7 @@ def precision_table(configs=(('fp32', 'none'), ('bf16', 'none'), ('fp32', 'int8-
         rows.append(dict(dtype=dtype, quantization=quant, **ev.to_dict()))
     return pd.DataFrame(rows)
 
-# %% ../nbs/20_model.ipynb #918b98ea
+# %% ../nbs/20_model.ipynb #4ad5cf9f
 @dataclass(frozen=True)
 class TrainRecipe:
     "How the built-in model is trained."
