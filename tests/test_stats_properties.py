@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import assume, given, settings, strategies as st, HealthCheck
 from scipy import stats
 
 from energytok.stats_anova import anova, check_assumptions, welch_anova
@@ -42,7 +42,7 @@ def test_bca_interval_scales_with_the_data(x, c):
 @settings(**SETTINGS)
 @given(samples, samples, st.floats(0.1, 10))
 def test_log_scale_ratio_scales_and_test_is_unchanged(a, b, c):
-    if np.ptp(a) == 0 and np.ptp(b) == 0: return
+    assume(max(np.ptp(np.log(a)), np.ptp(np.log(b))) > 1e-9)  # t is undefined without spread on the log scale
     r1 = compare_two(two_groups(a, b), 'y', 'g', a='a', b='b')
     r2 = compare_two(two_groups(np.multiply(a, c), b), 'y', 'g', a='a', b='b')
     assert math.isclose(r2.ratio, r1.ratio * c, rel_tol=1e-9)
