@@ -1,6 +1,7 @@
 """What the meter costs the workload it measures, measured within one run and printed as ratios.
 
-1. Sampler overhead: a fixed workload's throughput with the sampler at 100 Hz and at 1 kHz against no sampler,
+1. Sampler overhead: the CPU time the sampler thread itself uses per second (with the main thread asleep, a
+   figure that other processes on the machine barely disturb); then a fixed workload's throughput with the sampler at 100 Hz and at 1 kHz against no sampler,
    in interleaved runs (the order of the three conditions is shuffled in every repetition; ratios are paired
    within a repetition). Workloads: greedy generation with the built-in model when it can be loaded, a torch
    matmul loop, and a pure-Python loop (the worst case for a Python sampler thread, which competes for the GIL).
@@ -75,6 +76,19 @@ def sampler_overhead(name, work, sensors, reps):
         print(f"  throughput ratio {c:>6} / none: {quartiles(ratios)}  -> overhead {100 * (1 - statistics.median(ratios)):+.2f} %")
 
 
+# ---- sampler CPU cost ------------------------------------------------------------------------------------------------
+def sampler_cpu(sensors, duration_s):
+    "CPU time the sampler thread uses per second of wall time while the main thread sleeps (robust to other load)."
+    print("\n[sampler CPU use, main thread asleep]")
+    for label, period in (('none', None), ('100 Hz', 0.01), ('1 kHz', 0.001)):
+        m = Meter(sensors, period_s=period).start() if period else None
+        c, t = time.process_time(), time.perf_counter()
+        time.sleep(duration_s)
+        frac = (time.process_time() - c) / (time.perf_counter() - t)
+        if m: m.stop()
+        print(f"  {label:>6}: {100 * frac:.3f} % of one core")
+
+
 # ---- sampling rate --------------------------------------------------------------------------------------------------
 def max_rate(duration_s):
     print("\n[sampling rate, replay sensor]")
@@ -139,6 +153,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     workloads = [('python loop', python_workload()), ('torch matmul (cpu, 1 thread)', matmul_workload())]
     if (mw := model_workload()) is not None: workloads.insert(0, ('built-in model generate (cpu, 1 thread)', mw))
+    sampler_cpu(sensors, 0.5 if a.quick else 3.0)
     for name, work in workloads: sampler_overhead(name, work, sensors, reps)
     max_rate(0.3 if a.quick else 1.0)
     window_latency(sensors, 20 if a.quick else 200, 3 if a.quick else 8)

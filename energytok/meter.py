@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 # %% auto #0
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
-# %% ../nbs/15_meter.ipynb #4a8558dc
+# %% ../nbs/15_meter.ipynb #6e28642f
 import bisect, threading, time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .sensors import Sensor, Reading, now_s
 from .checks import check_positive, check_range
 
-# %% ../nbs/15_meter.ipynb #6d6c12b4
+# %% ../nbs/15_meter.ipynb #fb515b23
 @dataclass
 class _Edge:
     "A window edge: its time and the interpolated values of one sensor there."
@@ -43,7 +43,7 @@ class _Edge:
         self.poll_j = None if I0 is None or self.power_w is None else I0 + (self.t_s - t0) * (p0 + self.power_w) / 2
         self.resolved = True
 
-# %% ../nbs/15_meter.ipynb #571bc899
+# %% ../nbs/15_meter.ipynb #9b604fad
 @dataclass(slots=True)
 class _Acc:
     "Per-sensor statistics of one open window, updated as samples arrive."
@@ -64,7 +64,7 @@ class _Acc:
         if prev is not None: self.max_gap_s = max(self.max_gap_s, t - max(prev[0], self.a_s))
         self.last_t_s = t
 
-# %% ../nbs/15_meter.ipynb #9bf02159
+# %% ../nbs/15_meter.ipynb #24fbf9b4
 class _Track:
     "The bounded sample buffer, running integrals and open-window bookkeeping of one sensor."
     def __init__(self, sensor:Sensor, max_samples:int):
@@ -100,7 +100,7 @@ class _Track:
                 acc.errors += 1
                 acc.first_error = acc.first_error or message
 
-# %% ../nbs/15_meter.ipynb #e7b1e8e2
+# %% ../nbs/15_meter.ipynb #bf3841da
 @patch
 def sample(self:_Track):
     "Read the sensor and add the reading; a failure is recorded, never raised."
@@ -119,7 +119,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
-# %% ../nbs/15_meter.ipynb #58dbe5d0
+# %% ../nbs/15_meter.ipynb #c60153cd
 @dataclass
 class WindowResult:
     "Energy, power and quality of one metered window, per domain and in total."
@@ -155,7 +155,7 @@ class WindowResult:
     def energy_idle_subtracted_j(self) -> float|None:
         return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
 
-# %% ../nbs/15_meter.ipynb #e49b7c3c
+# %% ../nbs/15_meter.ipynb #066ce014
 @patch(as_prop=True)
 def discrepancy_by_domain(self:WindowResult) -> dict:
     "Domain -> (polling - counter) / counter, for domains with both figures."
@@ -178,7 +178,7 @@ def __repr__(self:WindowResult) -> str:
     return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
-# %% ../nbs/15_meter.ipynb #c36104fa
+# %% ../nbs/15_meter.ipynb #6003509e
 def _fmt(x, spec='.4g', unit=''):
     "A number for display, or a dash."
     return '–' if x is None else f'{x:{spec}}{unit}'
@@ -200,7 +200,7 @@ def _repr_html_(self:WindowResult) -> str:
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
 
-# %% ../nbs/15_meter.ipynb #0a0bfcd0
+# %% ../nbs/15_meter.ipynb #426612bb
 class Meter:
     "Sample sensors in a background thread and measure named windows."
     def __init__(self,
@@ -234,12 +234,13 @@ class Meter:
     def __repr__(self):
         return f"Meter({[s.domain for s in self.sensors]}, period {self.period_s * 1e3:g} ms, {'running' if self.running else 'stopped'})"
 
-# %% ../nbs/15_meter.ipynb #6c3be92f
+# %% ../nbs/15_meter.ipynb #400d728a
 @patch
 def _update_peaks(self:Meter):
     "Raise the peak total power of open windows to the sum of the sensors' latest powers, if higher."
+    if not self._open: return
     powers = [tr.last[1] for tr in self.tracks if tr.last is not None and tr.last[1] is not None]
-    if not powers or not self._open: return
+    if not powers: return
     total = sum(powers)
     with self._wlock:
         for w in self._open.values():
@@ -257,7 +258,9 @@ def _loop(self:Meter):
     next_t = now_s() + self.period_s
     while not self._stop.is_set():
         delay = next_t - now_s()
-        if delay > 0 and self._stop.wait(delay): break
+        if delay > 0.05: self._stop.wait(delay)  # long waits end early on `stop()`
+        elif delay > 0: time.sleep(delay)  # short ones: `time.sleep` wakes up at a lower CPU cost
+        if self._stop.is_set(): break
         t = now_s()
         self._lateness.append(t - next_t)
         self._ticks += 1
@@ -270,7 +273,7 @@ def _loop(self:Meter):
             self._overruns += 1
             next_t = now_s() + self.period_s
 
-# %% ../nbs/15_meter.ipynb #768077a7
+# %% ../nbs/15_meter.ipynb #736729dd
 @patch
 def start(self:Meter) -> 'Meter':
     "Read every sensor once and start the sampler thread."
@@ -302,7 +305,7 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_p50_s=float(np.percentile(late, 50)), jitter_p99_s=float(np.percentile(late, 99)),
                 jitter_max_s=float(late.max()), sampler_errors=list(self._errors))
 
-# %% ../nbs/15_meter.ipynb #b642c4bd
+# %% ../nbs/15_meter.ipynb #7918a888
 @patch
 def _edge(self:Meter,
           close:str|None=None, # name of the window to close at this edge
@@ -333,7 +336,7 @@ def _edge(self:Meter,
     if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
-# %% ../nbs/15_meter.ipynb #2b5edd06
+# %% ../nbs/15_meter.ipynb #c5fd4874
 @patch
 def open_acc(self:_Track, t_s:float) -> _Acc:
     "Register the accumulator of a window opened at `t_s` (lock held)."
@@ -356,7 +359,7 @@ def close_acc(self:_Track, acc:_Acc, edges:list):
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
 
-# %% ../nbs/15_meter.ipynb #d31de6bb
+# %% ../nbs/15_meter.ipynb #cb3a7fec
 @patch
 def begin_window(self:Meter,
                  name:str, # a name not used by another open window
@@ -380,7 +383,7 @@ def next_window(self:Meter,
     "Close `close` and open `open_` at one shared edge (their energies add up exactly); returns `close`'s result."
     return self._edge(close=close, open_=open_)
 
-# %% ../nbs/15_meter.ipynb #6119dc14
+# %% ../nbs/15_meter.ipynb #956a36a5
 @patch
 def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     "Assemble the `WindowResult` of a closed window."
@@ -402,7 +405,7 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
-# %% ../nbs/15_meter.ipynb #4adce52f
+# %% ../nbs/15_meter.ipynb #2db5820e
 @patch
 def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list:
     "Quality flags of one sensor in one window."
@@ -416,7 +419,7 @@ def _flags(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float) -> list
     if a.extrapolated or b.extrapolated: out.append(f'edge-extrapolated:{d}: a window edge had no sample on one side')
     return out
 
-# %% ../nbs/15_meter.ipynb #eaaa0fb3
+# %% ../nbs/15_meter.ipynb #dcc372a4
 class Window:
     "A window opened by `Meter.window`; `result` is set when the block ends."
     def __init__(self, meter:Meter, name:str): self.meter, self.name, self.result = meter, name, None
@@ -433,7 +436,7 @@ def window(self:Meter,
     "A context manager that meters the block it wraps."
     return Window(self, name)
 
-# %% ../nbs/15_meter.ipynb #dfe7fefa
+# %% ../nbs/15_meter.ipynb #eaffdceb
 @dataclass
 class IdleBaseline:
     "Idle power per domain, measured over a window in which this process slept."
@@ -454,7 +457,7 @@ class IdleBaseline:
     def _repr_markdown_(self): return f"**Idle baseline** {self.power_w:.1f} W over {self.duration_s:.2f} s" + \
         ''.join(f"\n- {d}: {p:.2f} W ({self.provenance[d]})" for d, p in self.power_by_domain_w.items())
 
-# %% ../nbs/15_meter.ipynb #18490f8b
+# %% ../nbs/15_meter.ipynb #9b539a9d
 @patch
 def measure_idle(self:Meter,
                  duration_s:float=5.0, # how long to sleep while metering, s
@@ -467,7 +470,7 @@ def measure_idle(self:Meter,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
-# %% ../nbs/15_meter.ipynb #9292bc90
+# %% ../nbs/15_meter.ipynb #155c2404
 @patch
 def _trace(self:Meter, w:dict, margin_s:float=0.0):
     "The samples of window `w` (and `margin_s` before it) as a DataFrame."
@@ -501,7 +504,7 @@ def trace(self:WindowResult,
     if df.attrs['truncated'] and 'trace-truncated' not in self.flags: self.flags.append('trace-truncated')
     return df
 
-# %% ../nbs/15_meter.ipynb #5f177b9a
+# %% ../nbs/15_meter.ipynb #515be787
 def plot_window(result:WindowResult, # a closed window
                 ax=None, # matplotlib axes to draw on (None: a new figure)
                 margin_s:float|None=None, # context before the window, s (None: 20% of its duration)
