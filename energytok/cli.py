@@ -7,11 +7,11 @@ Docs: https://energytok.github.io/energytok/cli.html.md"""
 # %% auto #0
 __all__ = ['COMMANDS', 'run_command', 'main']
 
-# %% ../nbs/90_cli.ipynb #2866e1ee
+# %% ../nbs/90_cli.ipynb #566b6190
 import sys, importlib
 from fastcore.script import anno_parser
 
-# %% ../nbs/90_cli.ipynb #7408eed4
+# %% ../nbs/90_cli.ipynb #0c54d688
 COMMANDS = {
     'run':     ('energytok.workload',   'run_cli',     'Run a sweep on a model under the meter and write one record per run'),
     'sensors': ('energytok.sensors',    'sensors_cli', 'List what this machine can measure, how, and why a sensor is absent'),
@@ -20,7 +20,7 @@ COMMANDS = {
     'compare': ('energytok.report',     'compare_cli', 'Compare configurations in any table of runs (ANOVA, pairwise, power)'),
 }
 
-# %% ../nbs/90_cli.ipynb #fa08ff5b
+# %% ../nbs/90_cli.ipynb #d60270c0
 def _usage() -> str:
     "The top-level help text listing every sub-command."
     w = max(len(k) for k in COMMANDS)
@@ -30,7 +30,7 @@ def _usage() -> str:
             f'commands:\n{rows}\n\n'
             "Run 'energytok COMMAND --help' for the options of one command.")
 
-# %% ../nbs/90_cli.ipynb #aea7ad69
+# %% ../nbs/90_cli.ipynb #bc566b11
 def run_command(name:str, # sub-command, a key of `COMMANDS`
                 argv:list=None, # its arguments, as on the command line
                ) -> int:
@@ -40,12 +40,13 @@ def run_command(name:str, # sub-command, a key of `COMMANDS`
     mod_name, fn_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(mod_name), fn_name)
     parser = anno_parser(func, prog=f'energytok {name}')
+    parser.epilog = None  # the version is `energytok --version`'s to print
     kwargs = vars(parser.parse_args(list(argv or [])))
     kwargs.pop('pdb', None); kwargs.pop('xtra', None)
     res = getattr(func, '__wrapped__', func)(**kwargs)
     return res if isinstance(res, int) else 0
 
-# %% ../nbs/90_cli.ipynb #203657f0
+# %% ../nbs/90_cli.ipynb #4fd70de8
 def main(argv:list=None # arguments after the program name; `sys.argv[1:]` when None
         ) -> int:
     "Entry point of the `energytok` console script."
