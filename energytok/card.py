@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from .checks import check_fraction, check_columns
-from .stats_describe import mean_ci, markdown_table, table_records, plain, prepare_runs, SIMULATED_PROVENANCE
+from .stats_describe import mean_ci, markdown_table, table_records, plain, prepare_runs, simulate_runs, SIMULATED_PROVENANCE
 
 # %% ../nbs/34_card.ipynb #f2110e5a
 def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default `simulate_runs()`
@@ -95,18 +95,23 @@ def energy_label(provenance:str, # provenance text
     return f'measured ({provenance})'
 
 # %% ../nbs/34_card.ipynb #8f42ffa9
+def _builtin_active_params(model:str # the recorded model name
+                          ):
+    "Parameters active per token of the built-in model, from its shipped description; None for any other model."
+    from energytok.model import BUILTIN_NAME, TinyLMConfig, builtin_meta
+    if model != BUILTIN_NAME: return None
+    return TinyLMConfig(**builtin_meta()['config']).n_block_params
+
 def _binding(runs, hardware, active_params, facility, n_devices, batch_size):
     "(MeasuredTPF or None, reason) for the runs' mean throughput and power."
     from energytok.production import from_measurement, hardware as hw_lookup, HardwareSpec
-    from energytok import metrics
+    from energytok.metrics import hardware_for_device
     spec = hardware if isinstance(hardware, HardwareSpec) else hw_lookup(hardware) if hardware else None
     if spec is None:
         name = runs['device_name'].iloc[0] if 'device_name' in runs else None
-        spec = metrics.hardware_for_device(name)
+        spec = hardware_for_device(name)
         if spec is None: return None, f"no datasheet for device {name!r}; pass hardware= (one of energytok.production.HARDWARE)"
-    if active_params is None and 'model' in runs:
-        shape = getattr(metrics, '_model_shape', lambda m: (None, None, None))(runs['model'].iloc[0])
-        active_params = shape[0]
+    if active_params is None and 'model' in runs: active_params = _builtin_active_params(runs['model'].iloc[0])
     if active_params is None: return None, "active parameters per token unknown; pass active_params="
     for c in ('tokens_per_s', 'avg_power_w'):
         if c not in runs or runs[c].isna().all(): return None, f"no {c} recorded"

@@ -167,6 +167,22 @@ def test_card_binding_constraint_with_a_datasheet(records):
     assert no_params.binding is None and 'active parameters' in no_params.binding_note
 
 
+def test_simulated_records_default_table():
+    recs = simulated_records()
+    assert len(recs) == len(simulate_runs()) and set(recs.energy_provenance) == {'estimate:simulated'}
+    assert recs.estimated.all() and all(f == ['simulated'] for f in recs['flags'])
+
+
+def test_card_knows_the_builtin_models_active_parameters(records):
+    from energytok.model import BUILTIN_NAME, TinyLMConfig, builtin_meta
+    from energytok.production import flops_per_token
+    rec = records[(records.dtype == 'bf16') & (records.batch_size == 8)].assign(model=BUILTIN_NAME, device_name='NVIDIA H200')
+    card = energy_card(rec)
+    assert card.binding is not None, card.binding_note
+    assert np.isclose(card.tpf['c_tok_flop'], flops_per_token(TinyLMConfig(**builtin_meta()['config']).n_block_params))
+    assert energy_card(rec.assign(model='another-lm')).binding is None
+
+
 def test_html_renderer_escapes_text():
     page = markdown_html('# a <b>\n\n| x | y |\n|---|---|\n| <script> | 1 |\n')
     assert '<script>' not in page.split('<body>')[1] and '&lt;script&gt;' in page
