@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, strategies as st
 from energytok.metrics import (Figure, per_token, pue_adjusted, energy_floor, hardware_for_device, carbon_intensity,
-                               carbon_per_token, cost_per_million_tokens, good_runs, slot_utilization, token_metrics)
+                               carbon_per_token, cost_per_million_tokens, good_runs, slot_utilization, token_metrics,
+                               model_shape, _model_shape, compute_dtype, flops_per_generated_token)
 from energytok.store import QualityTarget, ServiceTarget
 from energytok.production import hardware, flops_per_token
 
@@ -107,13 +108,13 @@ def test_utilization_and_adjusted_output():
 def test_table_floor_ratio_and_pue():
     runs = runs_table()
     tm = token_metrics(runs, active_params=1e9, country='FRA', usd_per_kwh=0.1)
-    ctx = 32 + 16
-    floor = flops_per_token(1e9) * hardware('H200').joules_per_flop('bf16')  # no layer shape: no attention term
+    # per run 4 x 32 prompt tokens and 128 generated; no layer shape, so no attention term
+    floor = flops_per_token(1e9) * (4 * 32 + 128) / 128 * hardware('H200').joules_per_flop('bf16')
     assert tm.floor_j_per_token[0] == pytest.approx(floor)
     assert tm.measured_over_floor[0] == pytest.approx(tm.j_per_token[0] / floor)
     assert tm.j_per_token_pue[0] == pytest.approx(1.1 * tm.j_per_token[0])
     assert tm.usd_per_mtok[0] == pytest.approx(tm.j_per_token_pue[0] * 1e6 / 3.6e6 * 0.1)
-    assert tm.j_per_token_pue[0] == pytest.approx(1.1 * tm.j_per_token[0])
+    assert tm.g_co2e_per_token[0] == pytest.approx(tm.j_per_token_pue[0] / 3.6e6 * carbon_intensity('FRA').value)
     assert token_metrics(runs, pue=1.5, active_params=1e9).j_per_token_pue[0] == pytest.approx(1.5 * tm.j_per_token[0])
 
 
@@ -121,8 +122,27 @@ def test_builtin_model_floor_uses_its_shape():
     from energytok.model import TinyLMConfig, builtin_meta
     c = TinyLMConfig(**builtin_meta()['config'])
     tm = token_metrics(runs_table(model='tinylm-kjv', dtype='fp32'))
-    f = flops_per_token(c.n_block_params, 32 + 16, c.n_layers, c.d_model)
+    # 4 sequences x 32 prompt tokens (context 16 on average), 128 generated tokens (context 32 + 16)
+    f_pre = flops_per_token(c.n_block_params, 16, c.n_layers, c.d_model)
+    f_gen = flops_per_token(c.n_block_params, 32 + 16, c.n_layers, c.d_model)
+    f = (4 * 32 * f_pre + 128 * f_gen) / 128
     assert tm.floor_j_per_token[0] == pytest.approx(f * hardware('H200').joules_per_flop('fp32'))
+    assert model_shape('tinylm-kjv') == (c.n_block_params, c.n_layers, c.d_model)
+    assert _model_shape is model_shape  # the earlier private name keeps working
+
+
+@given(st.floats(1e6, 1e11), st.integers(0, 4096), st.integers(1, 4096), st.integers(1, 64), st.integers(1, 64))
+def test_floor_flops_grow_with_the_prompt(params, prompt, gen, prompt_len, new_len):
+    f = flops_per_generated_token(params, prompt, gen, prompt_len, new_len, 4, 128)
+    assert f >= flops_per_token(params)  # never below the bare per-token cost
+    assert flops_per_generated_token(params, prompt + 1, gen, prompt_len, new_len, 4, 128) > f
+    assert flops_per_generated_token(params, prompt, gen) == pytest.approx(flops_per_token(params) * (prompt + gen) / gen)
+
+
+def test_int8_dynamic_floor_uses_the_int8_peak():
+    runs = runs_table(quantization='int8-dynamic', dtype='fp32', device_name='NVIDIA L4')
+    tm = token_metrics(runs, active_params=1e9)
+    assert tm.floor_source[0] == 'datasheet:L4:int8' and compute_dtype('fp32', 'int8-dynamic') == 'int8'
 
 
 def test_mixed_provenance_and_estimate_flag_per_group():
