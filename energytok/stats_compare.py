@@ -46,18 +46,21 @@ def _t_test(ya, yb, equal_var, ci):
     if se == 0: raise ValueError("runs: both configurations have zero variance; a t-test is undefined")
     t = diff / se
     half = stats.t.ppf((1 + ci) / 2, df) * se
-    return diff, diff - half, diff + half, t, df, 2 * stats.t.sf(abs(t), df)
+    return float(diff), float(diff - half), float(diff + half), float(t), float(df), float(2 * stats.t.sf(abs(t), df))
 
 def hedges_g(ya, # values of configuration a (analysis scale)
              yb, # values of configuration b
              ci:float=0.95, # confidence level of the approximate interval
             ) -> tuple:
-    "Hedges' g of a - b with its approximate (Hedges & Olkin) interval: (g, low, high)."
+    "Hedges' g of a - b (exact small-sample correction) with its approximate (Hedges & Olkin) interval: (g, low, high)."
     from scipy import stats
+    from scipy.special import gammaln
     na, nb = len(ya), len(yb)
-    sp = math.sqrt(((na - 1) * np.var(ya, ddof=1) + (nb - 1) * np.var(yb, ddof=1)) / (na + nb - 2))
+    df = na + nb - 2
+    sp = math.sqrt(((na - 1) * np.var(ya, ddof=1) + (nb - 1) * np.var(yb, ddof=1)) / df)
     if sp == 0: return math.nan, math.nan, math.nan
-    g = (1 - 3 / (4 * (na + nb) - 9)) * (np.mean(ya) - np.mean(yb)) / sp
+    j = math.exp(gammaln(df / 2) - gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+    g = float(j * (np.mean(ya) - np.mean(yb)) / sp)
     se = math.sqrt((na + nb) / (na * nb) + g**2 / (2 * (na + nb)))
     z = stats.norm.ppf((1 + ci) / 2)
     return g, g - z * se, g + z * se
