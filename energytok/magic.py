@@ -15,10 +15,9 @@ from .meter import Meter
 
 # %% ../nbs/16_magic.ipynb #5f0b978f
 def _cuda_sync():
-    "`torch.cuda.synchronize` if torch is already imported with CUDA initialised, else None."
+    "Wait for queued CUDA work if torch is imported and CUDA initialised (checked at each edge: the cell may start CUDA)."
     torch = sys.modules.get('torch')
-    try: return torch.cuda.synchronize if torch is not None and torch.cuda.is_initialized() else None
-    except Exception: return None
+    if torch is not None and torch.cuda.is_initialized(): torch.cuda.synchronize()
 
 # %% ../nbs/16_magic.ipynb #5a5a1770
 def summary_line(result) -> str:
@@ -50,7 +49,7 @@ class JoulesMagics(Magics):
         if self.sensors is None:
             from energytok.sensors import available_sensors
             self.sensors = available_sensors()
-        with Meter(self.sensors, period_s=args.period, sync=_cuda_sync()) as m:
+        with Meter(self.sensors, period_s=args.period, sync=_cuda_sync) as m:
             with m.window(args.name) as w: run = self.shell.run_cell(cell)
         r = w.result
         if not run.success: r.flags.append('exception-in-window: the cell raised')

@@ -243,8 +243,8 @@ def _update_peaks(self:Meter):
     if not powers: return
     total = sum(powers)
     with self._wlock:
-        for w in self._open.values():
-            if w['peak_total_w'] is None or total > w['peak_total_w']: w['peak_total_w'] = total
+        for w in self._open.values():  # a window still in its `sync` has no start yet: not counted
+            if 'start_s' in w and (w['peak_total_w'] is None or total > w['peak_total_w']): w['peak_total_w'] = total
 
 @patch
 def _tick(self:Meter):

@@ -57,3 +57,17 @@ def test_failing_cell_is_metered_and_flagged(ip):
 def test_bad_period_is_refused(ip):
     with pytest.raises(ValueError, match='period_s'):
         ip.run_cell_magic('joules', '-p 0', 'pass')
+
+
+def test_cell_that_starts_cuda_is_synchronised_at_its_end_edge(monkeypatch):
+    "CUDA started inside the cell: the end edge still waits for its queued work (a stand-in torch records the calls)."
+    import sys, types
+    calls = []
+    cuda = types.SimpleNamespace(initialized=False, is_initialized=lambda: cuda.initialized,
+                                 synchronize=lambda: calls.append('sync'))
+    monkeypatch.setitem(sys.modules, 'torch', types.SimpleNamespace(cuda=cuda))
+    shell = InteractiveShell.instance()
+    shell.register_magics(JoulesMagics(shell, sensors=[ReplaySensor(Trace([0.0, 1.0], [50.0, 50.0]))]))
+    shell.user_ns['cuda_stand_in'] = cuda
+    shell.run_cell_magic('joules', '-q -o r5', 'cuda_stand_in.initialized = True')
+    assert calls == ['sync'] and shell.user_ns['r5'].energy_j > 0  # not at the start edge, once at the end
