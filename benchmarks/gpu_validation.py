@@ -84,6 +84,19 @@ def window_row(r, workload_name, target_s, period_s, n_matmuls=None, flop=None):
     return row
 
 
+def spread(xs):
+    "Median, quartiles, extremes and count of `xs` (None when empty)."
+    xs = sorted(xs)
+    if not xs: return None
+    q1, med, q3 = statistics.quantiles(xs, n=4, method='inclusive') if len(xs) > 1 else xs * 3
+    return dict(median=med, q1=q1, q3=q3, min=xs[0], max=xs[-1], n=len(xs))
+
+
+def pct(s):
+    "A spread of fractions as 'median x% (IQR a-b%, n)', or 'n/a'."
+    return 'n/a' if s is None else f"median {s['median']:.2%} (IQR {s['q1']:.2%}-{s['q3']:.2%}, n={s['n']})"
+
+
 def write_csv(path, rows):
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, 'w', newline='') as f:
@@ -119,7 +132,7 @@ def section_overhead(sensors, wl, s_per_mm, reps, sync, scale):
             if m: m.stop()
             rows.append(dict(repetition=rep, condition=c, seconds=dt, matmuls=n, flop_per_s=n * wl.flop_per_matmul / dt))
     by = {c: [r['seconds'] for r in rows if r['condition'] == c] for c in conds}
-    summary = {c: statistics.median([a / b for a, b in zip(by['none'], by[c])]) for c in ('100Hz', '1kHz')}
+    summary = {c: spread(a / b for a, b in zip(by['none'], by[c])) for c in ('100Hz', '1kHz')}  # throughput ratios
     return rows, summary
 
 
@@ -186,9 +199,8 @@ def main(argv=None):
     last.trace().to_csv(out/'trace_matmul.csv', index=False)
     disc = [w[k] for w in windows for k in w if k.endswith('_discrepancy') and w[k] is not None]
     long_disc = [w[k] for w in windows if (w['target_s'] or 0) >= 2 * scale for k in w if k.endswith('_discrepancy') and w[k] is not None]
-    results.update(windows=windows, sampler=sampler, agreement=dict(
-        median_abs_discrepancy_all=statistics.median(map(abs, disc)) if disc else None,
-        median_abs_discrepancy_windows_ge_2s=statistics.median(map(abs, long_disc)) if long_disc else None))
+    results.update(windows=windows, sampler=sampler, agreement=dict(  # (polling - counter) / counter, per window
+        abs_discrepancy_all=spread(map(abs, disc)), abs_discrepancy_windows_ge_2s=spread(map(abs, long_disc))))
 
     (out/'results.json').write_text(json.dumps(results, indent=1, default=str))  # kept if a later section fails
     if time.perf_counter() - t_start < BUDGET_S:
@@ -210,14 +222,16 @@ def main(argv=None):
     results.update(skipped=skipped, elapsed_s=time.perf_counter() - t_start)
     (out/'results.json').write_text(json.dumps(results, indent=1, default=str))
     ag = results['agreement']
-    print(f"counter vs polling: median |discrepancy| {ag['median_abs_discrepancy_all']:.2%} over all windows, "
-          f"{ag['median_abs_discrepancy_windows_ge_2s'] or float('nan'):.2%} over windows >= 2 s")
+    print(f"counter vs polling |discrepancy|: all windows {pct(ag['abs_discrepancy_all'])}; "
+          f"windows >= 2 s {pct(ag['abs_discrepancy_windows_ge_2s'])}")
     for s in sampler:
-        print(f"sampler at {1 / s['period_s']:.0f} Hz: achieved period {s['achieved_period_s'] * 1e3:.3f} ms, "
+        achieved = 'n/a' if s['achieved_period_s'] is None else f"{s['achieved_period_s'] * 1e3:.3f} ms"
+        print(f"sampler at {1 / s['period_s']:.0f} Hz: achieved period {achieved}, "
               f"p99 jitter {s['jitter_p99_s'] * 1e6:.0f} us, {s['overruns']} overruns")
     if 'overhead_throughput_ratio' in results:
-        print('throughput ratio with sampler / without: ' +
-              ', '.join(f"{k} {v:.4f}" for k, v in results['overhead_throughput_ratio'].items()))
+        print('throughput ratio with sampler / without, median (IQR): ' +
+              ', '.join(f"{k} {v['median']:.4f} ({v['q1']:.4f}-{v['q3']:.4f})"
+                        for k, v in results['overhead_throughput_ratio'].items()))
     for why in skipped: print(f"skipped: {why}")
     if a.dry_run_fake: print("DRY RUN with a FakeNVML stand-in: these numbers are not measurements")
     print(f"wrote {sorted(p.name for p in out.iterdir())} to {out} in {results['elapsed_s']:.0f} s")

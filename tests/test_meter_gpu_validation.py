@@ -32,8 +32,12 @@ def test_dry_run_writes_every_output(tmp_path):
     results = json.loads((out/'results.json').read_text())
     assert results['environment']['dry_run'] is True
     assert set(results['overhead_throughput_ratio']) == {'100Hz', '1kHz'}
+    for sp in results['overhead_throughput_ratio'].values():  # every ratio with its spread over the repetitions
+        assert sp['n'] == 3 and sp['min'] <= sp['q1'] <= sp['median'] <= sp['q3'] <= sp['max']
     windows = list(csv.DictReader(open(out/'windows.csv')))
     assert {w['period_s'] for w in windows} == {'0.01', '0.001'}
+    ag = results['agreement']['abs_discrepancy_all']  # windows whose counter moved have a counter-vs-polling figure
+    assert 1 <= ag['n'] <= len(windows) and 0 <= ag['min'] <= ag['q1'] <= ag['median'] <= ag['q3'] <= ag['max']
     assert all(w['provenance'] == 'nvml-energy-counter' and w['gpu:0_polling_j'] for w in windows)
     sampler = list(csv.DictReader(open(out/'sampler.csv')))
     assert [float(s['period_s']) for s in sampler] == [0.01, 0.001] and all(float(s['achieved_period_s']) > 0 for s in sampler)
