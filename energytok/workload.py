@@ -256,14 +256,16 @@ def _parse_list(name:str, text, kind=str) -> list:
 def summary_table(runs, # the sweep's records
                  ):
     "Per-configuration summary of a sweep for the terminal: J/token mean and sd, PUE-adjusted, speed, latency, quality, provenance."
-    from energytok.metrics import token_metrics
-    by = ['model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens', 'new_tokens', 'device']
+    from energytok.metrics import token_metrics, GROUP_BY
+    by = list(GROUP_BY)
     tm = token_metrics(runs, by=by)
     lat = runs.groupby(by, dropna=False)[['ttft_s', 'tpot_s', 'quality']].mean().reset_index()
     t = tm.merge(lat, on=by)
-    return t.assign(ttft_ms=t.ttft_s*1e3, tpot_ms=t.tpot_s*1e3, quality=t.quality.map(lambda q: f'{q:.5f}'))[
-        ['model', 'dtype', 'quantization', 'batch_size', 'n_runs', 'j_per_token', 'j_per_token_sd', 'j_per_token_pue',
-         'tokens_per_s', 'ttft_ms', 'tpot_ms', 'quality', 'good_fraction', 'j_per_good_token', 'energy_provenance', 'estimated']]
+    t = t.assign(ttft_ms=t.ttft_s*1e3, tpot_ms=t.tpot_s*1e3, quality=t.quality.map(lambda q: f'{q:.5f}'))
+    keys = ['model', 'dtype', 'quantization', 'batch_size'] + [c for c in ('prompt_tokens', 'new_tokens', 'device') if t[c].nunique() > 1]
+    floor = ['measured_over_floor'] if t.measured_over_floor.notna().any() else []
+    return t[keys + ['n_runs', 'j_per_token', 'j_per_token_sd', 'j_per_token_pue', 'tokens_per_s', 'ttft_ms', 'tpot_ms',
+                     'quality', 'good_fraction', 'j_per_good_token'] + floor + ['energy_provenance', 'estimated']]
 
 def estimate_notice(runs) -> str:
     "A plain sentence when any run's energy is estimated ('' when all are measured)."

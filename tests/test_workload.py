@@ -228,3 +228,14 @@ def test_gpu_shaped_sweep_with_a_stand_in_nvml(tmp_path, monkeypatch):
     tm = token_metrics(df, active_params=1e9)
     assert (tm.floor_source == 'datasheet:H200:fp16').all()
     assert list(tm.measured_over_floor) == pytest.approx(list(tm.j_per_token / tm.floor_j_per_token))
+
+
+def test_summary_table_names_every_varied_factor_and_the_floor(tmp_path):
+    from energytok.workload import summary_table
+    sw = Sweep({'prompt_tokens': [16, 32]}, repetitions=2, base=dict(new_tokens=8, threads=1), warmup=0, name='st')
+    df = run_sweep(sw, tmp_path, meter=replay_meter(), progress=False).runs()
+    t = summary_table(df)
+    assert sorted(t.prompt_tokens) == [16, 32] and 'new_tokens' not in t and 'device' not in t
+    assert 'measured_over_floor' not in t  # a CPU has no datasheet floor
+    t2 = summary_table(df.assign(device_name='NVIDIA H200'))
+    assert (t2.measured_over_floor > 1).all()
