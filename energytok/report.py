@@ -20,7 +20,7 @@ from .checks import check_choice, check_fraction
 from .stats_describe import prepare_runs, describe_runs, markdown_table, fmt_number, table_records, plain, as_factors
 from .stats_anova import anova, welch_anova, check_assumptions
 from .stats_compare import pairwise, PAIRWISE_METHODS
-from .stats_power import power_analysis, equivalence
+from .stats_power import power_analysis, equivalence, VERDICTS
 from .card import energy_provenance, energy_label, energy_card
 
 # %% ../nbs/35_report.ipynb #d43ed45e
@@ -236,7 +236,7 @@ def _summary(rep) -> list:
         df_res = rep.anova.table.set_index('term').loc['Residual', 'df']
         for _, r in terms.iterrows():
             out.append(f"ANOVA, {r['term']}: F({r['df']:.0f}, {df_res:.0f}) = {r['F']:.4g}, p = {r['p']:.3g}, "
-                       f"partial ω² = {r['partial_omega_sq']:.3f}" + (' **significant**' if r['p'] < rep.alpha else ' (not significant)'))
+                       f"partial ω² = {r['partial_omega_sq']:.3f}" + (' **significant**' if r['p'] < rep.alpha else ' (not significant: not evidence of no effect)'))
     col = 'gmean' if rep.scale == 'log' else 'mean'
     best = rep.configs.loc[rep.configs[col].idxmin()]
     out.append(f"Lowest {rep.metric}{est}: **{best['config']}**, {'geometric ' if rep.scale == 'log' else ''}mean {best[col]:.4g} "
@@ -249,9 +249,10 @@ def _summary(rep) -> list:
             v = rep.equivalence.verdict.value_counts()
             within = (f"±{100 * rep.margin:g}% (ratio {1 / (1 + rep.margin):.3f} to {1 + rep.margin:.3f})" if rep.scale == 'log'
                       else f"±{rep.margin:g}")
-            s += (f"; {v.get('equivalent within the margin', 0)} shown equivalent within {within}"
-                  f"; {v.get('inconclusive', 0)} inconclusive "
-                  "(neither difference nor equivalence shown: not evidence of no difference)")
+            s += (f"; equivalence (TOST) within {within}, each pair at alpha {rep.alpha:g}: "
+                  + ', '.join(f"{v.get(k, 0)} {k}" for k in VERDICTS)
+                  + "; inconclusive means neither difference nor equivalence was shown, which is not evidence of no difference")
+        else: s += "; no equivalence margin was given, so a pair that does not differ is not shown to be equal"
         out.append(s)
     if rep.power is not None: out.append(rep.power.sentence())
     if not rep.assumptions.normal or not rep.assumptions.equal_variance or not rep.assumptions.independent:
@@ -290,7 +291,8 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
     if self.equivalence is not None:
         bounds = (f"ratio {1 / (1 + self.margin):.3f} to {1 + self.margin:.3f}" if self.scale == 'log' else f"±{self.margin:g}")
         md += [f"## Equivalence (TOST, margin {bounds})", "",
-               f"{1 - 2 * self.alpha:.0%} intervals; 'equivalent' only when both one-sided tests reject at {self.alpha:g}.", "",
+               f"{1 - 2 * self.alpha:.0%} intervals; 'equivalent' only when both one-sided tests reject at {self.alpha:g}. "
+               f"Each pair is tested on its own, not adjusted for the {len(self.equivalence)} pairs.", "",
                markdown_table(self.equivalence), ""]
     if self.power is not None:
         pw = self.power
