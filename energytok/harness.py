@@ -10,7 +10,7 @@ __all__ = ['best_device', 'check_device', 'RunConfig', 'Backend', 'text_prompts'
            'run_result', 'hf_stream', 'HFBackend']
 
 # %% ../nbs/23_harness.ipynb #d3910e29
-import time, inspect, functools
+import time, inspect, functools, itertools
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from .checks import check_choice
@@ -223,6 +223,9 @@ def measure_generation(backend:Backend, # what produces the tokens
         import torch
         torch.set_num_threads(config.threads)
     prompts = prompts if prompts is not None else backend.prompts(config.batch_size, config.prompt_tokens)
+    if len(prompts) != config.batch_size or any(len(p) != config.prompt_tokens for p in prompts):
+        raise ValueError(f"prompts: expected {config.batch_size} prompts of {config.prompt_tokens} tokens (the prefill count "
+                         f"depends on it), got lengths {[len(p) for p in prompts]}")
     stops, out, steps = config.stop_token_ids, [[] for _ in prompts], []
     backend.sync()
     if not backend.streams:
@@ -239,8 +242,7 @@ def measure_generation(backend:Backend, # what produces the tokens
     if first is None: raise ValueError(f"{backend.name}: generated no token")
     add_step(out, first, stops)
     meter.begin_window('decode'); t_prev = t1
-    for i, step in enumerate(stream, start=1):
-        if i >= config.new_tokens: break
+    for step in itertools.islice(stream, config.new_tokens - 1):  # never asks for a step beyond the budget
         add_step(out, step, stops)
         backend.sync(); t = time.perf_counter(); steps.append(t - t_prev); t_prev = t
         if all(s and s[-1] in stops for s in out) and stops: break

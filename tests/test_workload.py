@@ -239,3 +239,20 @@ def test_summary_table_names_every_varied_factor_and_the_floor(tmp_path):
     assert 'measured_over_floor' not in t  # a CPU has no datasheet floor
     t2 = summary_table(df.assign(device_name='NVIDIA H200'))
     assert (t2.measured_over_floor > 1).all()
+
+
+def test_stream_longer_than_the_budget_is_not_asked_for_more():
+    pulled = []
+    def endless(prompts, n):  # ignores the budget
+        while True:
+            pulled.append(1); yield [5] * len(prompts)
+    be = CallableBackend(endless, name='endless', prompt_fn=lambda b, l: [[0] * l for _ in range(b)])
+    with replay_meter() as m: g = measure_generation(be, RunConfig(model='endless', batch_size=2, new_tokens=6), m)
+    assert g.decode_tokens == 12 and len(pulled) == 6
+
+
+def test_prompts_of_the_wrong_length_are_refused():
+    be = CallableBackend(lambda p, n: [[1] * n for _ in p], name='c', prompt_fn=lambda b, l: [[0] * (l + 1) for _ in range(b)])
+    with replay_meter() as m:
+        with pytest.raises(ValueError, match='prompts: expected 2 prompts of 8 tokens'):
+            measure_generation(be, RunConfig(model='c', batch_size=2, prompt_tokens=8), m)
