@@ -6,7 +6,7 @@ Docs: https://energytok.github.io/energytok/report.html.md"""
 
 # %% auto #0
 __all__ = ['is_energy_metric', 'provenance_header', 'markdown_html', 'ComparisonReport', 'compare_runs', 'read_table',
-           'sweep_factors', 'report_cli', 'compare_cli']
+           'report_cli', 'compare_cli']
 
 # %% ../nbs/35_report.ipynb #b400ce46
 import json, math, html, re, time
@@ -21,7 +21,7 @@ from .stats_describe import prepare_runs, describe_runs, markdown_table, fmt_num
 from .stats_anova import anova, welch_anova, check_assumptions
 from .stats_compare import pairwise, PAIRWISE_METHODS
 from .stats_power import power_analysis, equivalence, VERDICTS
-from .card import energy_provenance, energy_label, energy_card
+from .card import energy_provenance, energy_label, energy_card, sweep_factors
 
 # %% ../nbs/35_report.ipynb #d43ed45e
 def is_energy_metric(metric:str # a column name
@@ -357,12 +357,6 @@ def read_table(path, # a .csv/.tsv file, or run records (.jsonl file or folder)
     if p.is_dir() or p.suffix.lower() in ('.jsonl', '.json'): return load_runs(p)
     if p.suffix.lower() in ('.csv', '.tsv'): return pd.read_csv(p, sep='\t' if p.suffix.lower() == '.tsv' else ',')
     raise ValueError(f"path: expected a .csv, .tsv or .jsonl file or a folder of run records, got {str(p)!r}")
-
-def sweep_factors(runs:pd.DataFrame # run records
-                 ) -> list:
-    "The configuration columns (`energytok.store.CONFIG_COLUMNS`) that vary across `runs`."
-    from energytok.store import CONFIG_COLUMNS
-    return [c for c in CONFIG_COLUMNS if c in runs and runs[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1]
 
 # %% ../nbs/35_report.ipynb #2d7c1b42
 def _print_summary(rep, paths=None):
