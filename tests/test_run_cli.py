@@ -67,9 +67,16 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     (['--pue', '0.7'], 'pue: expected a value in [1, inf]'),
     (['--repetitions', '0'], 'repetitions: expected a positive integer'),
 ])
-def test_bad_flags_fail_before_anything_runs(tmp_path, args, msg):
-    p = run(args, tmp_path)
-    assert p.returncode == 2 and msg in p.stderr
+def test_bad_flags_fail_before_anything_runs(tmp_path, capsys, args, msg):
+    from energytok.cli import main
+    assert main(['run', *args, '--out', str(tmp_path/'results')]) == 2  # in-process: the same code path, no interpreter start
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path/'results').exists()
+
+
+def test_bad_flag_exit_status_from_the_installed_command(tmp_path):
+    p = run(['--batch-size', '0'], tmp_path)
+    assert p.returncode == 2 and 'batch_size: expected a positive integer, got 0' in p.stderr
     assert not (tmp_path/'results').exists()
 
 
