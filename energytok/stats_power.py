@@ -125,6 +125,7 @@ class PowerResult:
 
     def _repr_markdown_(self): return self.sentence()
 
+# %% ../nbs/33_stats_power.ipynb #15403158
 def _ceil_runs(n): return max(2, math.ceil(n - 1e-9))
 
 def power_analysis(runs, # one row per run (DataFrame or `RunTable`)
