@@ -110,7 +110,7 @@ class NVMLSensor(Sensor):
         self.name, self.uuid = _str(nv.nvmlDeviceGetName(handle)), _str(nv.nvmlDeviceGetUUID(handle))
         self.driver_version = _str(nv.nvmlSystemGetDriverVersion())
         self.power_limit_w = self._try(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000)
-        self._unwrap = CounterUnwrap(2**64, scale_j=1e-3)  # the counter is an unsigned 64-bit count of mJ
+        self._unwrap = CounterUnwrap(2**64, scale_j=1e-3, max_step_raw=2**63)  # unsigned 64-bit mJ: a fall is a reset, not a wrap
         first_mj = self._try(lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle))
         self.has_counter = first_mj is not None
         if self.has_counter: self._unwrap(first_mj)
@@ -157,6 +157,7 @@ def read(self:NVMLSensor) -> Reading:
         p = self.read_power_w() if self.has_power else None
     except self.nv.NVMLError as err:
         raise SensorError(f"{self.domain} ({self.name}): NVML error {type(err).__name__}: {err}") from err
+    except SensorError as err: raise SensorError(f"{self.domain} ({self.name}): energy {err}") from err
     return Reading(now_s(), energy_j=e, power_w=p)
 
 @patch
@@ -173,7 +174,7 @@ def method(self:NVMLSensor) -> dict:
              'usage': 'nvmlDeviceGetPowerUsage (about 1 s average on recent GPUs)'}.get(self.power_field)
     return dict(device_name=self.name, uuid=self.uuid, nvml_index=self.nvml_index, driver_version=self.driver_version,
                 power_limit_w=self.power_limit_w, counter='nvmlDeviceGetTotalEnergyConsumption (mJ)' if self.has_counter else None,
-                power=power, counter_wraps=self._unwrap.wraps, mig_instances=self.mig)
+                power=power, counter_wraps=self._unwrap.wraps, counter_resets=self._unwrap.resets, mig_instances=self.mig)
 
 # %% ../nbs/11_nvml.ipynb #9d8f4f90
 def _physical_devices(nv) -> list:

@@ -40,17 +40,23 @@ class CounterUnwrap:
     def __init__(self,
                  range_raw:float, # raw value at which the counter wraps to zero
                  scale_j:float=1.0, # joules per raw unit
+                 max_step_raw:float|None=None, # largest plausible step between reads; a fall implying more is a reset (None: any fall is a wrap)
                 ):
-        self.range_raw, self.scale_j = check_positive('range_raw', range_raw), check_positive('scale_j', scale_j)
-        self.first = self.last = None
-        self.wraps = 0
+        check_positive('range_raw', range_raw)
+        self.range_raw, self.scale_j, self.max_step_raw = range_raw, check_positive('scale_j', scale_j), max_step_raw  # integer counts stay exact
+        self.last, self.total_raw, self.wraps, self.resets = None, 0, 0, 0
 
     def __call__(self, raw:float) -> float:
-        "Energy in J accumulated since the first raw value."
-        if self.first is None: self.first = self.last = raw
-        if raw < self.last: self.wraps += 1
-        self.last = raw
-        return (raw - self.first + self.wraps * self.range_raw) * self.scale_j
+        "Energy in J accumulated since the first raw value; raises `SensorError` on a reset (counting resumes from it)."
+        step, self.last = (0 if self.last is None else raw - self.last), raw
+        if step < 0:
+            step += self.range_raw
+            if self.max_step_raw is not None and step > self.max_step_raw:
+                self.resets += 1
+                raise SensorError(f"counter fell to {raw}: a reset, not a wraparound; the energy since the previous read is lost")
+            self.wraps += 1
+        self.total_raw += step
+        return self.total_raw * self.scale_j
 
 # %% ../nbs/10_sensors.ipynb #0683659a
 class Sensor:

@@ -58,6 +58,19 @@ def test_nvml_power_reading_fallback(fields, expected):
     assert s.power_field == expected and s.read().power_w == pytest.approx(123.0)
 
 
+def test_nvml_counter_reset_is_an_error_not_a_wrap():
+    "A counter that falls back (driver reload) is refused as a reset, never read as a 2^64 mJ wrap; counting resumes."
+    fake = FakeNVML([dict(counter_start_mj=10**9, power_w=300.0)])
+    s = sensor_of(fake)
+    before = s.read().energy_j
+    fake.devices[0]['counter_start_mj'] = 0  # the counter restarts near zero
+    with pytest.raises(SensorError, match=r'gpu:0 .*reset, not a wraparound'): s.read()
+    time.sleep(0.05)
+    after = s.read().energy_j
+    assert before <= after < before + 300.0 * 1.0  # no 1.8e16 J jump
+    assert (s.method()['counter_resets'], s.method()['counter_wraps']) == (1, 0)
+
+
 def test_nvml_device_without_counter_uses_polled_power():
     s = sensor_of(FakeNVML([dict(counter=False, power_w=50.0)]))
     r = s.read()
