@@ -100,28 +100,21 @@ def energy_label(provenance:str, # provenance text
     return f'measured ({provenance})'
 
 # %% ../nbs/34_card.ipynb #8f42ffa9
-def _builtin_active_params(model:str # the recorded model name
-                          ):
-    "Parameters active per token of the built-in model, from its shipped description; None for any other model."
-    from energytok.model import BUILTIN_NAME, TinyLMConfig, builtin_meta
-    if model != BUILTIN_NAME: return None
-    return TinyLMConfig(**builtin_meta()['config']).n_block_params
-
 def _binding(runs, hardware, active_params, facility, n_devices, batch_size):
     "(MeasuredTPF or None, reason) for the runs' mean throughput and power."
     from energytok.production import from_measurement, hardware as hw_lookup, HardwareSpec
-    from energytok.metrics import hardware_for_device
+    from energytok.metrics import hardware_for_device, model_shape, compute_dtype
     spec = hardware if isinstance(hardware, HardwareSpec) else hw_lookup(hardware) if hardware else None
     if spec is None:
         name = runs['device_name'].iloc[0] if 'device_name' in runs else None
         spec = hardware_for_device(name)
         if spec is None: return None, f"no datasheet for device {name!r}; pass hardware= (one of energytok.production.HARDWARE)"
-    if active_params is None and 'model' in runs: active_params = _builtin_active_params(runs['model'].iloc[0])
+    if active_params is None and 'model' in runs: active_params = model_shape(runs['model'].iloc[0]).active_params
     if active_params is None: return None, "active parameters per token unknown; pass active_params="
     for c in ('tokens_per_s', 'avg_power_w'):
         if c not in runs or runs[c].isna().all(): return None, f"no {c} recorded"
-    dtype = str(runs['dtype'].iloc[0]) if 'dtype' in runs else 'bf16'
-    if 'quantization' in runs and runs['quantization'].iloc[0] == 'int8-dynamic': dtype = 'int8'
+    dtype = compute_dtype(str(runs['dtype'].iloc[0]) if 'dtype' in runs else 'bf16',
+                          str(runs['quantization'].iloc[0]) if 'quantization' in runs else 'none')
     try:
         return from_measurement(float(runs['tokens_per_s'].mean()), float(runs['avg_power_w'].mean()), spec, active_params,
                                 dtype=dtype, n_devices=n_devices, batch_size=batch_size, facility=facility), ''
