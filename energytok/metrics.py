@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/metrics.html.md"""
 # %% auto #0
 __all__ = ['GROUP_BY', 'Figure', 'per_token', 'pue_adjusted', 'hardware_for_device', 'energy_floor', 'ModelShape', 'model_shape',
            'compute_dtype', 'flops_per_generated_token', 'carbon_intensity', 'carbon_per_token',
-           'cost_per_million_tokens', 'good_runs', 'slot_utilization', 'token_metrics']
+           'cost_per_million_tokens', 'good_runs', 'slot_utilization', 'energy_provenance', 'token_metrics']
 
 # %% ../nbs/22_metrics.ipynb #35cf277d
 import re
@@ -98,7 +98,6 @@ def model_shape(model:str # a model name as a run record holds it, e.g. 'tinylm-
         return ModelShape(c.n_block_params, c.n_layers, c.d_model)
     return ModelShape(None, None, None)
 
-_model_shape = model_shape  # the earlier private name, still accepted
 
 def compute_dtype(dtype:str, # the run's numeric format
                   quantization:str='none', # the run's quantization
@@ -175,6 +174,17 @@ def slot_utilization(runs # a table of runs (`load_runs`)
     check_columns('runs', runs, ['decode_tokens', 'batch_size', 'new_tokens'])
     return runs.decode_tokens / (runs.batch_size * runs.new_tokens)
 
+# %% ../nbs/22_metrics.ipynb #c82e0b6a
+def energy_provenance(runs # runs with `energy_provenance` and/or `estimated` columns
+                     ) -> tuple:
+    "(provenance text, estimated) of the energy figures of `runs`; ('not recorded', None) when the table lacks them."
+    if 'energy_provenance' not in runs and 'estimated' not in runs: return 'not recorded', None
+    labels = runs['energy_provenance'].dropna() if 'energy_provenance' in runs else []
+    provs = sorted({p for v in labels for p in str(v).split('+') if p})
+    est = bool(runs['estimated'].fillna(False).astype(bool).any()) if 'estimated' in runs else False
+    est = est or any(p.startswith('estimate:') for p in provs)
+    return ('+'.join(provs) or 'not recorded'), est
+
 # %% ../nbs/22_metrics.ipynb #cc9c228f
 GROUP_BY = ('model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens', 'new_tokens', 'device')
 
@@ -216,8 +226,7 @@ def token_metrics(runs, # a table of runs (`load_runs`)
     rows = []
     for key, g in runs.groupby(list(by), sort=True, dropna=False):
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        est = bool(g.estimated.any())
-        prov = '+'.join(sorted(set('+'.join(g.energy_provenance.dropna()).split('+')) - {''}))
+        prov, est = energy_provenance(g)
         jpt = g.j_per_token.astype(float)
         good_tok = float(g.decode_tokens[g._good].sum())
         e_all = float(g.energy_j.sum())

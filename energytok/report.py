@@ -21,7 +21,8 @@ from .stats_describe import prepare_runs, describe_runs, markdown_table, fmt_num
 from .stats_anova import anova, welch_anova, check_assumptions
 from .stats_compare import pairwise, PAIRWISE_METHODS
 from .stats_power import power_analysis, equivalence, VERDICTS
-from .card import energy_provenance, energy_label, energy_card, sweep_factors
+from .card import energy_label, energy_card, sweep_factors
+from .metrics import energy_provenance
 
 # %% ../nbs/35_report.ipynb #d43ed45e
 def is_energy_metric(metric:str # a column name

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 from energytok.metrics import (Figure, per_token, pue_adjusted, energy_floor, hardware_for_device, carbon_intensity,
                                carbon_per_token, cost_per_million_tokens, good_runs, slot_utilization, token_metrics,
-                               model_shape, _model_shape, compute_dtype, flops_per_generated_token)
+                               model_shape, compute_dtype, flops_per_generated_token)
 from energytok.store import QualityTarget, ServiceTarget
 from energytok.production import hardware, flops_per_token
 
@@ -128,7 +128,6 @@ def test_builtin_model_floor_uses_its_shape():
     f = (4 * 32 * f_pre + 128 * f_gen) / 128
     assert tm.floor_j_per_token[0] == pytest.approx(f * hardware('H200').joules_per_flop('fp32'))
     assert model_shape('tinylm-kjv') == (c.n_block_params, c.n_layers, c.d_model)
-    assert _model_shape is model_shape  # the earlier private name keeps working
 
 
 @given(st.floats(1e6, 1e11), st.integers(0, 4096), st.integers(1, 4096), st.integers(1, 64), st.integers(1, 64))
