@@ -9,17 +9,17 @@ __all__ = ['DTYPES', 'HARDWARE', 'STAVES', 'CROSSOVER_VARIABLES', 'BYTES_PER_PAR
            'FacilitySpec', 'flops_per_token', 'TPFResult', 'evaluate', 'crossover', 'Scenario', 'Lever', 'apply_levers',
            'sweep', 'plot_regime_map', 'MeasuredTPF', 'from_measurement', 'tpf_cli']
 
-# %% ../nbs/00_production.ipynb #5089a559
+# %% ../nbs/00_production.ipynb #cc28f0d1
 import math, json, tomllib, itertools
 from dataclasses import dataclass, field, replace, asdict, fields
 from pathlib import Path
 from fastcore.script import call_parse
 from .checks import check_positive, check_fraction, check_range, check_choice, check_number
 
-# %% ../nbs/00_production.ipynb #b2d3b9ba
+# %% ../nbs/00_production.ipynb #6676858d
 DTYPES = ('fp64', 'fp32', 'tf32', 'bf16', 'fp16', 'fp8', 'int8')
 
-# %% ../nbs/00_production.ipynb #ea05830d
+# %% ../nbs/00_production.ipynb #83b9d64e
 @dataclass(frozen=True)
 class HardwareSpec:
     "Datasheet figures of one accelerator: dense peak FLOP/s per dtype, power limit, memory."
@@ -51,7 +51,7 @@ class HardwareSpec:
         "Energy per FLOP at peak throughput and full board power: the device's best case, J/FLOP."
         return self.power_limit_w / self.peak(dtype)
 
-# %% ../nbs/00_production.ipynb #2d45d3f9
+# %% ../nbs/00_production.ipynb #6fd149ac
 _T, _G = 1e12, 1e9
 def _spec(name, bf16, fp8, int8, tf32, fp32, fp64, power_w, mem_gb, bw_gb_s, source):
     peaks = dict(bf16=bf16*_T, fp16=bf16*_T, tf32=tf32*_T, fp32=fp32*_T, fp64=fp64*_T, int8=int8*_T)
@@ -66,7 +66,7 @@ HARDWARE = {s.name: s for s in [
     _spec('L4', 121, 242.5, 242.5, 60, 30.3, 0.49, 72, 24, 300, 'NVIDIA L4 Tensor Core GPU datasheet, sparse figures halved'),
 ]}
 
-# %% ../nbs/00_production.ipynb #e4b95af4
+# %% ../nbs/00_production.ipynb #077913c3
 def hardware(name:str # a key of `HARDWARE`, case-insensitive ('h100-sxm', 'H200', ...)
             ) -> HardwareSpec:
     "Look up a built-in accelerator spec by name."
@@ -75,7 +75,7 @@ def hardware(name:str # a key of `HARDWARE`, case-insensitive ('h100-sxm', 'H200
         raise ValueError(f"hardware: unknown device {name!r}; expected one of {sorted(HARDWARE)}")
     return by_lower[name.lower()]
 
-# %% ../nbs/00_production.ipynb #66dc13fc
+# %% ../nbs/00_production.ipynb #643e87a7
 @dataclass(frozen=True)
 class FacilitySpec:
     "A facility's delivered power, PUE, cooling capacity, and optional price and carbon intensity."
@@ -98,7 +98,7 @@ class FacilitySpec:
         "IT power that can be delivered: min(facility power / PUE, cooling capacity), W."
         return min(self.facility_power_w / self.pue, self.cooling_capacity_w)
 
-# %% ../nbs/00_production.ipynb #2f3cdd64
+# %% ../nbs/00_production.ipynb #11b3f50a
 def flops_per_token(active_params:float, # parameters used per token (all of them for a dense model)
                     context_tokens:float=0, # tokens attended to; 0 ignores the attention term
                     n_layers:int=None, # transformer layers, needed when `context_tokens` > 0
@@ -113,7 +113,7 @@ def flops_per_token(active_params:float, # parameters used per token (all of the
         c += 2.0 * check_positive('n_layers', n_layers) * context_tokens * check_positive('d_model', d_model)
     return c
 
-# %% ../nbs/00_production.ipynb #584be6f0
+# %% ../nbs/00_production.ipynb #70234cda
 STAVES = ('compute', 'power', 'cooling')
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class TPFResult:
         return (f"TPFResult(binding={self.binding!r}, token_rate_tok_per_s={self.token_rate_tok_per_s:.4g}, "
                 + ', '.join(f'{k}={v:.4g}' for k, v in self.ceilings.items()) + ')')
 
-# %% ../nbs/00_production.ipynb #e099facb
+# %% ../nbs/00_production.ipynb #beca000d
 def evaluate(k_eff_flop_per_s:float, # effective compute: peak FLOP/s of the dtype x achievable fraction (all devices)
              c_tok_flop:float, # FLOPs per token at the quality and service targets
              e_tok_j:float, # energy per token, J
@@ -196,7 +196,7 @@ def evaluate(k_eff_flop_per_s:float, # effective compute: peak FLOP/s of the dty
     return TPFResult(ceilings['compute'], ceilings['power'], ceilings['cooling'], rate, binding, it_power_w,
                      drawn_it_w * (facility.pue if facility else 1.0), inputs)
 
-# %% ../nbs/00_production.ipynb #ad0a9927
+# %% ../nbs/00_production.ipynb #aaf3bbf9
 CROSSOVER_VARIABLES = ('facility_power_w', 'pue', 'e_tok_j', 'c_tok_flop', 'k_eff_flop_per_s', 'cooling_capacity_w')
 
 def crossover(variable:str, # the input to solve for, one of `CROSSOVER_VARIABLES`
@@ -220,7 +220,7 @@ def crossover(variable:str, # the input to solve for, one of `CROSSOVER_VARIABLE
             'k_eff_flop_per_s': lambda: theta * p_it * c / e,
             'cooling_capacity_w': lambda: p_fac / pue}[variable]()
 
-# %% ../nbs/00_production.ipynb #991528b0
+# %% ../nbs/00_production.ipynb #1fbdf99e
 @dataclass(frozen=True)
 class Scenario:
     "The inputs of one Token Production Function evaluation."
@@ -237,7 +237,7 @@ class Scenario:
         "Evaluate this scenario."
         return evaluate(**{f.name: getattr(self, f.name) for f in fields(self)})
 
-# %% ../nbs/00_production.ipynb #dd0aa5a3
+# %% ../nbs/00_production.ipynb #90115085
 @dataclass(frozen=True)
 class Lever:
     "A change to a scenario, as multipliers on c_tok, e_tok, Phi and U."
@@ -255,7 +255,7 @@ class Lever:
         return replace(s, c_tok_flop=s.c_tok_flop * self.c_tok, e_tok_j=s.e_tok_j * self.e_tok,
                        phi=min(1.0, s.phi * self.phi), utilization=min(1.0, s.utilization * self.utilization))
 
-# %% ../nbs/00_production.ipynb #a3015526
+# %% ../nbs/00_production.ipynb #d601c96b
 def apply_levers(scenario:Scenario, # the starting point
                  levers:list, # `Lever`s, pulled one after another
                 ):
@@ -270,7 +270,7 @@ def apply_levers(scenario:Scenario, # the starting point
     df['rate_vs_baseline'] = df.token_rate_tok_per_s / df.token_rate_tok_per_s.iloc[0]
     return df
 
-# %% ../nbs/00_production.ipynb #f05c5aab
+# %% ../nbs/00_production.ipynb #9aba56de
 _FACILITY_KEYS = ('facility_power_w', 'pue', 'cooling_capacity_w')
 
 def sweep(scenario:Scenario, # the fixed inputs
@@ -292,7 +292,7 @@ def sweep(scenario:Scenario, # the fixed inputs
         rows.append({**dict(zip(grids, combo)), **s.evaluate().to_dict()})
     return pd.DataFrame(rows)
 
-# %% ../nbs/00_production.ipynb #78b65da5
+# %% ../nbs/00_production.ipynb #951b75bc
 def plot_regime_map(df, # a `sweep` result over two inputs
                     x:str, # column for the x axis
                     y:str, # column for the y axis
@@ -314,7 +314,7 @@ def plot_regime_map(df, # a `sweep` result over two inputs
     ax.legend(loc='center left', bbox_to_anchor=(1.02, 0.5), frameon=False)
     return ax
 
-# %% ../nbs/00_production.ipynb #5cd39711
+# %% ../nbs/00_production.ipynb #071c2f56
 BYTES_PER_PARAM = dict(fp64=8, fp32=4, tf32=4, bf16=2, fp16=2, fp8=1, int8=1)
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ class MeasuredTPF:
         return (f"MeasuredTPF(binding={self.binding!r}, e_tok_j={self.e_tok_j:.4g}, utilization={self.utilization:.3f}, "
                 f"mfu={self.mfu:.4f}, compute_ceiling={self.compute_ceiling_tok_per_s:.4g}, energy_ceiling={self.energy_ceiling_tok_per_s:.4g})")
 
-# %% ../nbs/00_production.ipynb #aae6e15d
+# %% ../nbs/00_production.ipynb #d3866def
 def from_measurement(throughput_tok_per_s:float, # measured output tokens/s over all devices
                      power_w:float, # measured average power over all devices, W
                      hardware:HardwareSpec|str, # the device spec, or a name in `HARDWARE`
@@ -389,9 +389,13 @@ def from_measurement(throughput_tok_per_s:float, # measured output tokens/s over
     u = q / min(res.ceilings.values())
     return MeasuredTPF(q, p, e, c, k, limiter, res, u, q * c / peak, p / (n * spec.power_limit_w), spec.name, n)
 
-# %% ../nbs/00_production.ipynb #37c75189
+# %% ../nbs/00_production.ipynb #25b700c8
 TPF_EXAMPLE = dict(hardware='H100-SXM', dtype='bf16', active_params=8e9, throughput=9805.587745, power_w=688.298323,
                    note='Llama-3.1-8B-Instruct on one H100 at max_num_seqs 512; ML.ENERGY Leaderboard v3 data (2026-02-16)')
+
+_TPF_KEYS = ('hardware', 'dtype', 'n_devices', 'active_params', 'context_tokens', 'n_layers', 'd_model',
+             'achievable_fraction', 'batch_size', 'throughput', 'power_w', 'e_tok', 'facility_power_w', 'pue',
+             'cooling_capacity_w', 'phi', 'utilization')
 
 def _load_spec(path):
     "Read a TOML or JSON spec file into a dict."
@@ -401,14 +405,14 @@ def _load_spec(path):
     if p.suffix.lower() == '.json': return json.loads(p.read_text())
     raise ValueError(f"spec: expected a .toml or .json file, got {str(p)!r}")
 
-# %% ../nbs/00_production.ipynb #f856054e
+# %% ../nbs/00_production.ipynb #73c98fb5
 def _tpf_table(d:dict) -> str:
     "Plain-text two-column table of a result dict."
     w = max(map(len, d))
     fmt = lambda v: f'{v:,.6g}' if isinstance(v, float) else str(v)
     return '\n'.join(f'{k:<{w}}  {fmt(v)}' for k, v in d.items())
 
-# %% ../nbs/00_production.ipynb #344e3442
+# %% ../nbs/00_production.ipynb #9118bfce
 @call_parse
 def tpf_cli(spec:str=None, # TOML/JSON file whose keys are these options (flags override it)
             hardware:str=None, # device in HARDWARE (H100-SXM, H200, A100-SXM, B200, L4)
@@ -432,16 +436,12 @@ def tpf_cli(spec:str=None, # TOML/JSON file whose keys are these options (flags 
            ):
     "Evaluate the Token Production Function and name the binding constraint."
     import json as _json
-    flags = {k: v for k, v in dict(hardware=hardware, dtype=dtype, n_devices=n_devices, active_params=active_params,
-             context_tokens=context_tokens, n_layers=n_layers, d_model=d_model, achievable_fraction=achievable_fraction,
-             batch_size=batch_size, throughput=throughput, power_w=power_w, e_tok=e_tok, facility_power_w=facility_power_w,
-             pue=pue, cooling_capacity_w=cooling_capacity_w, phi=phi, utilization=utilization).items() if v is not None}
+    flags = {k: v for k, v in locals().items() if k in _TPF_KEYS and v is not None}
     cfg = _load_spec(spec) if spec else ({} if flags else dict(TPF_EXAMPLE))
     cfg.update(flags)
     note = cfg.pop('note', None)
-    known = set(flags) | set(tpf_cli.__wrapped__.__code__.co_varnames[:tpf_cli.__wrapped__.__code__.co_argcount])
-    unknown = set(cfg) - known
-    if unknown: raise ValueError(f"spec: unknown key(s) {sorted(unknown)}")
+    unknown = set(cfg) - set(_TPF_KEYS)
+    if unknown: raise ValueError(f"spec: unknown key(s) {sorted(unknown)}; expected some of {list(_TPF_KEYS)}")
     spec_hw = globals()['hardware'](cfg.get('hardware', 'H100-SXM'))
     fac = None
     if 'facility_power_w' in cfg:

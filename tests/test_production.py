@@ -103,6 +103,10 @@ def test_cli_spec_file_and_flag_override(tmp_path):
     assert json.loads(res.stdout)['binding'] == 'power'
     res = _cli('tpf', '--spec', str(spec), '--e-tok', '0.01', '--json')
     assert json.loads(res.stdout)['binding'] == 'compute'
+    typo = tmp_path / 'typo.toml'
+    typo.write_text('active_params = 8e9\ne_tok = 0.1\ngpu_count = 8\njson = true\n')
+    res = _cli('tpf', '--spec', str(typo))
+    assert res.returncode == 2 and "unknown key(s) ['gpu_count', 'json']" in res.stderr
 
 
 @pytest.mark.parametrize('args, message', [
