@@ -8,8 +8,7 @@ Docs: https://energytok.github.io/energytok/cli.html.md"""
 __all__ = ['COMMANDS', 'run_command', 'main']
 
 # %% ../nbs/90_cli.ipynb #566b6190
-import sys, importlib
-from fastcore.script import anno_parser
+import os, sys, importlib
 
 # %% ../nbs/90_cli.ipynb #0c54d688
 COMMANDS = {
@@ -37,6 +36,7 @@ def run_command(name:str, # sub-command, a key of `COMMANDS`
     "Parse `argv` for sub-command `name` and run it; returns the process exit code."
     if name not in COMMANDS:
         raise ValueError(f"command: unknown command {name!r}; expected one of {sorted(COMMANDS)}")
+    from fastcore.script import anno_parser
     mod_name, fn_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(mod_name), fn_name)
     parser = anno_parser(func, prog=f'energytok {name}')
@@ -62,6 +62,21 @@ def main(argv:list=None # arguments after the program name; `sys.argv[1:]` when 
         print(f"energytok: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try: return run_command(argv[0], argv[1:])
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:  # bad input
         print(f'energytok {argv[0]}: error: {e}', file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`energytok compare ... | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # the file system refused: one line naming the path and the cause
+        from energytok.store import describe_os_error
+        print(f'energytok {argv[0]}: error: {describe_os_error(e)}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f'energytok {argv[0]}: interrupted', file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        from energytok.store import FolderLocked
+        if not isinstance(e, FolderLocked): raise
+        print(f'energytok {argv[0]}: error: {e}', file=sys.stderr)
+        return 1

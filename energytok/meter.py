@@ -8,11 +8,11 @@ Docs: https://energytok.github.io/energytok/meter.html.md"""
 __all__ = ['WindowResult', 'Meter', 'Window', 'IdleBaseline', 'plot_window']
 
 # %% ../nbs/15_meter.ipynb #6e28642f
-import bisect, threading, time
+import bisect, html, math, threading, time
 from collections import deque
 from dataclasses import dataclass, field
 from fastcore.basics import patch
-from .sensors import Sensor, Reading, now_s
+from .sensors import Sensor, SensorError, Reading, now_s
 from .checks import check_positive, check_range
 
 # %% ../nbs/15_meter.ipynb #fb515b23
@@ -73,6 +73,7 @@ class _Track:
         self.last, self.n_samples, self.n_errors = None, 0, 0
         self.errors = deque(maxlen=100)  # (t_s, message) of recent failed reads
         self.pending, self.accs = [], []  # unresolved edges, accumulators of open windows
+        self.offset_j, self.breaks = 0.0, deque(maxlen=1000)  # counter offset after falls; (t before, t after) of each fall
 
     def add(self, r:Reading):
         "Append a reading (lock held): derive power or integrate it, resolve edges, update open windows."
@@ -102,10 +103,26 @@ class _Track:
 
 # %% ../nbs/15_meter.ipynb #bf3841da
 @patch
+def _check(self:_Track, r) -> Reading:
+    "`r` if this sensor could have given it (the values it declares are present), else `SensorError`; a counter that fell is re-based."
+    s, last = self.sensor, self.last
+    if not isinstance(r, Reading): raise SensorError(f"{s.domain}: read() returned {type(r).__name__}, expected a Reading")
+    if s.has_counter and r.energy_j is None: raise SensorError(f"{s.domain}: a counter sensor returned no energy")
+    if s.has_power and r.power_w is None: raise SensorError(f"{s.domain}: a power sensor returned no power")
+    if r.energy_j is None or not (self.offset_j or (last is not None and last[2] is not None and r.energy_j < last[2])): return r
+    e = r.energy_j + self.offset_j
+    if last is not None and last[2] is not None and e < last[2]:  # a fall: the energy since the previous read is unknown
+        self.breaks.append((last[0], r.t_s))
+        self.fail(r.t_s, f"SensorError: {s.domain}: counter fell by {last[2] - e:.6g} J; energy across the fall is unknown")
+        self.offset_j += last[2] - e
+        e = last[2]
+    return Reading(r.t_s, energy_j=e, power_w=r.power_w)
+
+@patch
 def sample(self:_Track):
-    "Read the sensor and add the reading; a failure is recorded, never raised."
+    "Read the sensor and add the reading; a failure (an exception or a reading that cannot be right) is recorded, never raised."
     with self.lock:
-        try: r = self.sensor.read()
+        try: r = self._check(self.sensor.read())
         except Exception as e: self.fail(now_s(), f"{type(e).__name__}: {e}")
         else: self.add(r)
 
@@ -119,6 +136,7 @@ def open_edge(self:_Track, t_s:float) -> _Edge:
     else: self.pending.append(edge)
     return edge
 
+
 # %% ../nbs/15_meter.ipynb #c60153cd
 @dataclass
 class WindowResult:
@@ -126,8 +144,8 @@ class WindowResult:
     name: str  # window name
     start_s: float  # start, monotonic s
     end_s: float  # end, monotonic s
-    energy_by_domain_j: dict  # domain -> primary energy, J (counter where present, else integrated power)
-    provenance: dict  # domain -> provenance of that figure
+    energy_by_domain_j: dict  # domain -> primary energy, J (counter where present, else integrated power); None: missing
+    provenance: dict  # domain -> provenance of that figure ('missing:<provenance>' when the sensor gave no valid reading)
     estimated_domains: list  # domains whose figure is an estimate
     counter_energy_by_domain_j: dict  # domain -> energy from the cumulative counter, J
     polling_energy_by_domain_j: dict  # domain -> energy from trapezoidal integration of polled power, J
@@ -142,18 +160,23 @@ class WindowResult:
     @property
     def duration_s(self) -> float: return self.end_s - self.start_s
     @property
-    def energy_j(self) -> float: return float(sum(self.energy_by_domain_j.values()))
+    def missing_domains(self) -> list: return [d for d, e in self.energy_by_domain_j.items() if e is None]
+    @property
+    def energy_j(self) -> float|None:
+        "Total energy, J; None when a domain's energy is missing (a total without it would pass for a smaller measurement)."
+        return None if self.missing_domains else float(sum(self.energy_by_domain_j.values()))
     @property
     def estimated(self) -> bool: return bool(self.estimated_domains)
     @property
-    def avg_power_w(self) -> float: return self.energy_j / self.duration_s if self.duration_s > 0 else float('nan')
+    def avg_power_w(self) -> float|None:
+        return None if self.energy_j is None or self.duration_s <= 0 else self.energy_j / self.duration_s
     @property
     def n_samples(self) -> int: return min(self.n_samples_by_domain.values(), default=0)
     @property
     def provenance_label(self) -> str: return '+'.join(sorted(set(self.provenance.values())))
     @property
     def energy_idle_subtracted_j(self) -> float|None:
-        return None if self.idle_power_w is None else self.energy_j - self.idle_power_w * self.duration_s
+        return None if self.idle_power_w is None or self.energy_j is None else self.energy_j - self.idle_power_w * self.duration_s
 
 # %% ../nbs/15_meter.ipynb #066ce014
 @patch(as_prop=True)
@@ -165,7 +188,7 @@ def discrepancy_by_domain(self:WindowResult) -> dict:
 @patch
 def to_dict(self:WindowResult) -> dict:
     "Every figure as plain Python values (no trace)."
-    keys = ('name', 'start_s', 'end_s', 'duration_s', 'energy_j', 'energy_by_domain_j', 'provenance', 'provenance_label',
+    keys = ('name', 'start_s', 'end_s', 'duration_s', 'energy_j', 'energy_by_domain_j', 'missing_domains', 'provenance', 'provenance_label',
             'estimated', 'estimated_domains', 'avg_power_w', 'peak_power_w', 'n_samples', 'flags', 'idle_power_w',
             'energy_idle_subtracted_j', 'counter_energy_by_domain_j', 'polling_energy_by_domain_j',
             'discrepancy_by_domain', 'n_samples_by_domain', 'peak_power_by_domain_w', 'method_by_domain')
@@ -175,7 +198,9 @@ def to_dict(self:WindowResult) -> dict:
 def __repr__(self:WindowResult) -> str:
     est = ' [ESTIMATE]' if self.estimated else ''
     peak = '' if self.peak_power_w is None else f', peak {self.peak_power_w:.1f} W'
-    return (f"WindowResult({self.name!r}: {self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg{peak}; "
+    energy = (f"{self.energy_j:.4g} J over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W avg" if self.energy_j is not None else
+              f"energy MISSING ({', '.join(self.missing_domains)} gave no valid reading) over {self.duration_s:.3f} s")
+    return (f"WindowResult({self.name!r}: {energy}{peak}; "
             f"{self.provenance_label}{est}; {self.n_samples} samples; flags: {self.flags or 'none'})")
 
 # %% ../nbs/15_meter.ipynb #6003509e
@@ -187,15 +212,17 @@ def _fmt(x, spec='.4g', unit=''):
 def _repr_html_(self:WindowResult) -> str:
     disc = self.discrepancy_by_domain
     rows = ''.join(
-        f"<tr><td>{d}</td><td>{_fmt(e)}</td><td>{self.provenance[d]}{' (estimate)' if d in self.estimated_domains else ''}</td>"
+        f"<tr><td>{html.escape(d)}</td><td>{_fmt(e)}</td><td>{html.escape(self.provenance[d])}{' (estimate)' if d in self.estimated_domains else ''}</td>"
         f"<td>{_fmt(self.counter_energy_by_domain_j.get(d))}</td><td>{_fmt(self.polling_energy_by_domain_j.get(d))}</td>"
         f"<td>{_fmt(None if d not in disc else 100 * disc[d], '+.2f', ' %')}</td><td>{self.n_samples_by_domain[d]}</td>"
         f"<td>{_fmt(self.peak_power_by_domain_w.get(d), '.1f')}</td></tr>" for d, e in self.energy_by_domain_j.items())
-    idle = '' if self.idle_power_w is None else \
+    idle = '' if self.energy_idle_subtracted_j is None else \
         f"; idle {self.idle_power_w:.1f} W, above idle {self.energy_idle_subtracted_j:.4g} J"
-    flags = ''.join(f'<li>{f}</li>' for f in self.flags)
-    return (f"<div><b>{self.name}</b>: <b>{self.energy_j:.4g} J</b> over {self.duration_s:.3f} s, "
-            f"{self.avg_power_w:.1f} W average{idle}; {self.provenance_label}{' <b>(estimate)</b>' if self.estimated else ''}"
+    flags = ''.join(f'<li>{html.escape(f)}</li>' for f in self.flags)
+    total = (f"<b>{self.energy_j:.4g} J</b> over {self.duration_s:.3f} s, {self.avg_power_w:.1f} W average{idle}"
+             if self.energy_j is not None else
+             f"<b>energy missing</b> ({html.escape(', '.join(self.missing_domains))} gave no valid reading) over {self.duration_s:.3f} s")
+    return (f"<div><b>{html.escape(self.name)}</b>: {total}; {html.escape(self.provenance_label)}{' <b>(estimate)</b>' if self.estimated else ''}"
             "<table><tr><th>domain</th><th>energy (J)</th><th>provenance</th><th>counter (J)</th><th>polling (J)</th>"
             f"<th>polling vs counter</th><th>samples</th><th>peak (W)</th></tr>{rows}</table>"
             f"{'<ul>' + flags + '</ul>' if flags else ''}</div>")
@@ -203,6 +230,7 @@ def _repr_html_(self:WindowResult) -> str:
 # %% ../nbs/15_meter.ipynb #426612bb
 class Meter:
     "Sample sensors in a background thread and measure named windows."
+    edge_reads = 3  # reads tried at a window edge before the edge is left to later samples
     def __init__(self,
                  sensors:list|None=None, # sensors to sample (None: `available_sensors()`)
                  period_s:float=0.1, # sampling period, s (1 ms to 1 h)
@@ -228,6 +256,8 @@ class Meter:
 
     @property
     def sensors(self) -> list: return [t.sensor for t in self.tracks]
+    @property
+    def hold_s(self) -> float: return 3 * self.period_s  # longest an end edge may be held from an earlier sample, s
     @property
     def running(self) -> bool: return self._thread is not None and self._thread.is_alive()
 
@@ -331,8 +361,10 @@ def _edge(self:Meter,
             edge = tr.open_edge(t)
             if wc is not None: wc['accs'][tr].b_s, wc['edges'][tr][1] = t, edge
             if wn is not None: wn['edges'][tr], wn['accs'][tr] = [edge, None], tr.open_acc(t)
-        tr.sample()
-        if wc is not None: tr.close_acc(wc['accs'][tr], wc['edges'][tr])
+        for _ in range(self.edge_reads):  # a failed read at the edge is retried at once
+            tr.sample()
+            if edge.resolved: break
+        if wc is not None: tr.close_acc(wc['accs'][tr], wc['edges'][tr], self.hold_s)
     if wn is not None: self._update_peaks()
     return None if wc is None else self._result(close, wc, t)
 
@@ -348,16 +380,18 @@ def open_acc(self:_Track, t_s:float) -> _Acc:
     return acc
 
 @patch
-def close_acc(self:_Track, acc:_Acc, edges:list):
-    "Unregister a closed window's accumulator; settle edges the sensor could not resolve."
+def close_acc(self:_Track, acc:_Acc, edges:list, hold_s:float):
+    "Unregister a closed window's accumulator; hold an unresolved end edge from a valid sample at most `hold_s` before it."
     with self.lock:
         self.accs.remove(acc)
+        (a, b), last = edges, self.last
         for edge in edges:
-            if edge.resolved or self.last is None: continue
-            edge.hold(self.last)
-            self.pending.remove(edge)
+            if edge.resolved: continue
+            if edge is b and a.resolved and last is not None and b.t_s - last[0] <= hold_s: edge.hold(last)
             acc.errors += 1
             acc.first_error = acc.first_error or (self.errors[-1][1] if self.errors else 'no reading at the edge')
+        oldest = min((x.a_s for x in self.accs), default=math.inf)  # an open window may still need an unresolved edge
+        self.pending = [x for x in self.pending if not x.resolved and x.t_s >= oldest]
 
 # %% ../nbs/15_meter.ipynb #cb3a7fec
 @patch
@@ -391,17 +425,28 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
     energy, prov, est, counter, poll, n, peak, flags, method = {}, {}, [], {}, {}, {}, {}, [], {}
     for tr in self.tracks:
         s, (a, b), acc, d = tr.sensor, w['edges'][tr], w['accs'][tr], tr.sensor.domain
+        fell = [x for x in tr.breaks if x[1] > a.t_s and x[0] < b.t_s]
+        if fell: flags.append(f"counter-reset:{d}: the counter fell {len(fell)} time(s) inside the window; its energy "
+                              "there is unknown" + (", polled power is used" if s.has_power else ''))
         if a.resolved and b.resolved:
-            if s.has_counter and a.energy_j is not None: counter[d] = max(0.0, b.energy_j - a.energy_j)
+            if s.has_counter and a.energy_j is not None and not fell: counter[d] = max(0.0, b.energy_j - a.energy_j)
             if s.has_power and a.poll_j is not None and b.poll_j is not None: poll[d] = max(0.0, b.poll_j - a.poll_j)
         if d in counter or d in poll:
             energy[d] = counter[d] if d in counter else poll[d]
             prov[d] = s.provenance if d in counter else s.power_provenance
-        else: flags.append(f'no-data:{d}: no reading on both sides of the window')
+        else:
+            energy[d], prov[d] = None, f'missing:{s.provenance}'
+            side = 'at or after the start' if not a.resolved else 'at or near the end'
+            flags.append(f"energy-missing:{d}: no valid reading {side} of the window"
+                         + (f"; first failure: {acc.first_error}" if acc.first_error else ''))
         n[d], peak[d], method[d] = acc.n, acc.peak_w, s.method()
         if s.estimated: est.append(d); flags.append(f'estimated:{d}')
         flags += self._flags(tr, a, b, acc, dur)
-    idle = None if self.idle is None else sum(self.idle.power_by_domain_w.get(d, 0.0) for d in energy)
+    idle = None
+    if self.idle is not None:
+        no_idle = [d for d in energy if d not in self.idle.power_by_domain_w]
+        if no_idle: flags.append(f"idle-missing:{','.join(no_idle)}: the idle baseline has no figure for these domains; nothing subtracted")
+        else: idle = sum(self.idle.power_by_domain_w[d] for d in energy)
     return WindowResult(name, start_s, end_s, energy, prov, est, counter, poll, n, peak, w['peak_total_w'],
                         flags, method, idle, _trace=lambda margin_s=0.0: self._trace(w, margin_s))
 
@@ -466,7 +511,7 @@ def measure_idle(self:Meter,
     check_positive('duration_s', duration_s)
     with self.window('__idle__') as w: time.sleep(duration_s)
     r = w.result
-    self.idle = IdleBaseline({d: e / r.duration_s for d, e in r.energy_by_domain_j.items()}, r.duration_s,
+    self.idle = IdleBaseline({d: e / r.duration_s for d, e in r.energy_by_domain_j.items() if e is not None}, r.duration_s,
                              r.provenance, r.estimated, r.flags)
     return self.idle
 
@@ -517,8 +562,8 @@ def plot_window(result:WindowResult, # a closed window
     sns.lineplot(df, x='t_s', y='power_w', hue='domain', marker='.', ax=ax)
     ax.axvspan(0, result.duration_s, color='tab:orange', alpha=0.15, label=f'window {result.name!r}')
     est = ' (estimate)' if result.estimated else ''
-    ax.set(xlabel='time from window start (s)', ylabel='power (W)',
-           title=f"{result.name}: {result.energy_j:.4g} J, {result.avg_power_w:.1f} W avg, {result.provenance_label}{est}")
+    energy = 'energy missing' if result.energy_j is None else f"{result.energy_j:.4g} J, {result.avg_power_w:.1f} W avg"
+    ax.set(xlabel='time from window start (s)', ylabel='power (W)', title=f"{result.name}: {energy}, {result.provenance_label}{est}")
     ax.legend(fontsize='small')
     return ax
 

@@ -228,10 +228,12 @@ def token_metrics(runs, # a table of runs (`load_runs`)
         row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         prov, est = energy_provenance(g)
         jpt = g.j_per_token.astype(float)
-        good_tok = float(g.decode_tokens[g._good].sum())
-        e_all = float(g.energy_j.sum())
-        row.update(n_runs=len(g), j_per_token=jpt.mean(), j_per_token_sd=jpt.std(ddof=1) if len(g) > 1 else float('nan'),
-                   j_per_token_pue=float((jpt * g._pue).mean()), pue=float(g._pue.mean()),
+        known = jpt.notna() & g.energy_j.astype(float).notna()  # a run whose sensor failed has no energy: left out, counted
+        good_tok = float(g.decode_tokens[g._good & known].sum())
+        e_all = float(g.energy_j[known].astype(float).sum())
+        row.update(n_runs=len(g), n_energy_missing=int((~known).sum()), j_per_token=jpt[known].mean(),
+                   j_per_token_sd=jpt[known].std(ddof=1) if known.sum() > 1 else float('nan'),
+                   j_per_token_pue=float((jpt * g._pue)[known].mean()), pue=float(g._pue.mean()),
                    prefill_j_per_token=g.prefill_j_per_token.astype(float).mean(),
                    decode_j_per_token=g.decode_j_per_token.astype(float).mean(),
                    tokens_per_s=g.tokens_per_s.mean(), utilization=float(g._u.mean()),

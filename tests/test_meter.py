@@ -260,15 +260,27 @@ def test_failure_mid_window_is_flagged_and_bridged():
     assert any('ZeroDivisionError: scripted failure' in f for f in r.flags)
 
 
-def test_failure_at_the_end_edge_extrapolates_and_flags():
+def test_one_failed_read_at_the_end_edge_is_held_and_flagged():
     s = Failing(SINE)
-    with Meter([s], period_s=0.01) as m:
-        m.begin_window('w'); time.sleep(0.05)
-        s.broken = True; time.sleep(0.03)
+    with Meter([s], period_s=0.05) as m:  # hold_s = 0.15 s: the last good sample is at most one period back
+        m.begin_window('w'); time.sleep(0.2)
+        s.broken = True
         r = m.end_window('w')
-    assert r.energy_j > 0
+    assert r.energy_j > 0 and r.missing_domains == []
     assert any(f.startswith('edge-extrapolated:replay:0') for f in r.flags)
     assert any(f.startswith('sensor-error:replay:0') for f in r.flags)
+
+
+def test_sensor_that_dies_before_the_end_has_missing_energy_not_a_partial_figure():
+    s = Failing(SINE)
+    with Meter([s, ReplaySensor(SINE, domain='ok')], period_s=0.01) as m:
+        m.begin_window('w'); time.sleep(0.05)
+        s.broken = True; time.sleep(0.1)
+        r = m.end_window('w')
+    assert r.energy_by_domain_j['replay:0'] is None and r.energy_by_domain_j['ok'] > 0
+    assert r.energy_j is None and r.avg_power_w is None and r.missing_domains == ['replay:0']
+    assert r.provenance['replay:0'] == 'missing:replay'
+    assert any(f.startswith('energy-missing:replay:0: no valid reading at or near the end') for f in r.flags)
 
 
 def test_sensor_that_never_answers():
@@ -276,8 +288,8 @@ def test_sensor_that_never_answers():
     with Meter([s, ReplaySensor(SINE, domain='ok')], period_s=0.01) as m:
         with m.window('w') as w: time.sleep(0.03)
     r = w.result
-    assert list(r.energy_by_domain_j) == ['ok'] and r.energy_j > 0
-    assert any(f.startswith('no-data:replay:0') for f in r.flags)
+    assert r.energy_by_domain_j['replay:0'] is None and r.energy_by_domain_j['ok'] > 0 and r.energy_j is None
+    assert any(f.startswith('energy-missing:replay:0: no valid reading at or after the start') for f in r.flags)
 
 
 def test_nvml_error_mid_window_through_the_meter():

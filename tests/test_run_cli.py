@@ -60,12 +60,12 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
 
 @pytest.mark.parametrize('args,msg', [
     (['--dtype', 'fp32,fp9'], "dtype: expected one of"),
-    (['--batch-size', '0'], 'batch_size: expected a positive integer, got 0'),
+    (['--batch-size', '0'], 'batch_size: expected a whole number in [1, 65,536], got 0'),
     (['--batch-size', 'eight'], '--batch-size: expected int values'),
     (['--dtype', 'fp16', '--device', 'cpu'], "'fp16' is not supported on device 'cpu'"),
     (['--model', 'no-such-model'], "model: 'no-such-model' is neither"),
-    (['--pue', '0.7'], 'pue: expected a value in [1, inf]'),
-    (['--repetitions', '0'], 'repetitions: expected a positive integer'),
+    (['--pue', '0.7'], 'pue: expected a value in [1, 10]'),
+    (['--repetitions', '0'], 'repetitions: expected a whole number in [1, 100,000]'),
 ])
 def test_bad_flags_fail_before_anything_runs(tmp_path, capsys, args, msg):
     from energytok.cli import main
@@ -76,7 +76,7 @@ def test_bad_flags_fail_before_anything_runs(tmp_path, capsys, args, msg):
 
 def test_bad_flag_exit_status_from_the_installed_command(tmp_path):
     p = run(['--batch-size', '0'], tmp_path)
-    assert p.returncode == 2 and 'batch_size: expected a positive integer, got 0' in p.stderr
+    assert p.returncode == 2 and 'batch_size: expected a whole number in [1, 65,536], got 0' in p.stderr
     assert not (tmp_path/'results').exists()
 
 
