@@ -12,9 +12,9 @@ import math, datetime, json
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
-from .checks import check_fraction, check_columns
+from .checks import check_fraction, check_columns, check_positive
 from .metrics import energy_provenance
-from .stats_describe import mean_ci, markdown_table, table_records, plain, prepare_runs, simulate_runs, SIMULATED_PROVENANCE
+from .stats_describe import mean_ci, markdown_table, table_records, plain, prepare_runs, simulate_runs, SIMULATED_PROVENANCE, md_escape
 
 # %% ../nbs/34_card.ipynb #f2110e5a
 def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default `simulate_runs()`
@@ -145,15 +145,15 @@ class EnergyCard:
     def to_markdown(self, level:int=3) -> str:
         "The card as markdown."
         h = '#' * level
-        warn = (f"\n\n> **Energy figures are estimates, not measurements** ({self.provenance}).") if self.estimated else ''
+        warn = (f"\n\n> **Energy figures are estimates, not measurements** ({md_escape(self.provenance)}).") if self.estimated else ''
         bind = (f"**Binding constraint: {self.binding}** ({self.tpf['hardware']} x{self.tpf['n_devices']}, "
                 f"U = measured / binding ceiling = {self.tpf['utilization']:.3f}, MFU = {self.tpf['mfu']:.2%}; compute ceiling "
                 f"{self.tpf['compute_ceiling_tok_per_s']:,.0f} tokens/s, energy ceiling {self.tpf['energy_ceiling_tok_per_s']:,.0f} tokens/s; "
                 f"the energy stave uses the {'ESTIMATED ' if self.estimated else ''}power)") if self.binding else \
-               f"**Binding constraint: not evaluated**: {self.binding_note}"
-        hw = ', '.join(f'{k}: {v}' for k, v in plain(self.hardware).items() if v is not None and v != '' and v != [])
-        notes = ''.join(f'\n\n> {n}' for n in self.notes)
-        return (f"{h} Energy-to-token card: {self.config}\n\n{self.n_runs} runs; energy {self.label}; "
+               f"**Binding constraint: not evaluated**: {md_escape(self.binding_note)}"
+        hw = md_escape(', '.join(f'{k}: {v}' for k, v in plain(self.hardware).items() if v is not None and v != '' and v != []))
+        notes = ''.join(f'\n\n> {md_escape(n)}' for n in self.notes)
+        return (f"{h} Energy-to-token card: {md_escape(self.config)}\n\n{self.n_runs} runs; energy {md_escape(self.label)}; "
                 f"{self.ci:.0%} t-intervals across runs{warn}\n\n" + markdown_table(self.rows) +
                 f"\n\n{bind}\n\n*Hardware and environment*: {hw or 'not recorded'}{notes}")
 
@@ -187,6 +187,7 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
     "The energy-to-token card of one configuration: J/token (IT, PUE) with intervals, binding constraint, power, output, quality, latency."
     if not isinstance(runs, pd.DataFrame): raise TypeError(f"runs: expected a pandas DataFrame, got {type(runs).__name__}")
     check_columns('runs', runs, ['j_per_token']); check_fraction('ci', ci)
+    if active_params is not None: check_positive('active_params', active_params)
     runs, label = _select_config(runs, by, config)
     if len(runs) == 0: raise ValueError("runs: no runs to summarise")
     prov, est = energy_provenance(runs)
@@ -223,6 +224,9 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
               first_run=str(runs['timestamp'].min()) if 'timestamp' in runs else None,
               last_run=str(runs['timestamp'].max()) if 'timestamp' in runs else None)
     notes = []
+    missing = int(pd.to_numeric(runs['j_per_token'], errors='coerce').isna().sum())
+    if missing: notes.append(f"{missing} of {len(runs)} runs have no energy (a sensor gave no valid reading): they are left out "
+                             "of every energy figure on this card")
     if len(runs) < 2: notes.append("one run only: no interval can be given")
     if est: notes.append(f"energy is {tag}: every J/token and power figure on this card is an estimate")
     return EnergyCard(label, len(runs), table, prov, est, tpf.binding if tpf else None, tpf.to_dict() if tpf else None,

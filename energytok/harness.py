@@ -14,7 +14,7 @@ __all__ = ['CONFIG_LIMITS', 'best_device', 'check_device', 'RunConfig', 'ModelDi
 import time, inspect, functools, itertools
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_pue
 from .model import check_precision
 
 # %% ../nbs/23_harness.ipynb #e02356aa
@@ -390,8 +390,7 @@ def run_result(gen:Generation, # a measured generation
                s_star=None, # `ServiceTarget` or None
               ) -> RunResult:
     "Combine a `Generation` and its windows into the figures of one run."
-    from energytok.checks import check_range
-    pue = check_range('pue', pue, lo=1.0)
+    pue = check_pue('pue', pue)
     if gen.decode_tokens == 0: raise ValueError(f"{backend.name}: generated 0 tokens; J/token is undefined")
     windows = [w for w in (gen.prefill, gen.decode, gen.whole) if w is not None]
     missing = sorted({d for w in windows for d in w.missing_domains})

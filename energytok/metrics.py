@@ -13,7 +13,7 @@ __all__ = ['GROUP_BY', 'Figure', 'per_token', 'pue_adjusted', 'hardware_for_devi
 import re
 from dataclasses import dataclass, asdict
 from typing import NamedTuple
-from .checks import check_positive, check_range, check_fraction, check_columns
+from .checks import check_positive, check_range, check_fraction, check_columns, check_pue
 from .store import QualityTarget, ServiceTarget
 
 # %% ../nbs/22_metrics.ipynb #fc85e78e
@@ -51,7 +51,7 @@ def pue_adjusted(fig:Figure, # an IT-level per-token figure
                  pue:float, # power usage effectiveness, >= 1
                 ) -> Figure:
     "The facility-level version of `fig`: multiplied by the PUE."
-    p = check_range('pue', pue, lo=1.0)
+    p = check_pue('pue', pue)
     return Figure(f'{fig.name}_pue', fig.value * p, fig.unit, fig.provenance, fig.estimated, f'{fig.basis} x PUE {p:g}')
 
 # %% ../nbs/22_metrics.ipynb #e2eb61a2
@@ -152,7 +152,7 @@ def cost_per_million_tokens(j_per_token:Figure, # J/token at the IT level
                            ) -> Figure:
     "Electricity cost of one million tokens, USD."
     price = check_positive('usd_per_kwh', usd_per_kwh)
-    p = check_range('pue', pue, lo=1.0)
+    p = check_pue('pue', pue)
     usd = j_per_token.value * p * 1e6 / 3.6e6 * price
     return Figure('usd_per_mtok', usd, 'USD/Mtoken', j_per_token.provenance, j_per_token.estimated,
                   f'{j_per_token.value:.4g} J/token x PUE {p:g} x 1e6 / 3.6e6 J/kWh x {price:g} USD/kWh')
@@ -216,7 +216,7 @@ def token_metrics(runs, # a table of runs (`load_runs`)
     check_columns('runs', runs, list(by) + ['energy_j', 'decode_tokens', 'j_per_token', 'energy_provenance', 'estimated',
                                             'tokens_per_s', 'pue', 'device_name', 'prefill_j_per_token', 'decode_j_per_token'])
     if len(runs) == 0: raise ValueError('runs: expected at least one run, got an empty table')
-    if pue is not None: check_range('pue', pue, lo=1.0)
+    if pue is not None: check_pue('pue', pue)
     if utilization is not None: check_fraction('utilization', utilization)
     if usd_per_kwh is not None: check_positive('usd_per_kwh', usd_per_kwh)
     intensity = carbon_intensity(country) if country else None

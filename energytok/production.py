@@ -14,7 +14,7 @@ import math, json, tomllib, itertools
 from dataclasses import dataclass, field, replace, asdict, fields
 from pathlib import Path
 from fastcore.script import call_parse
-from .checks import check_positive, check_fraction, check_range, check_choice, check_number
+from .checks import check_positive, check_fraction, check_range, check_choice, check_number, check_int, check_pue
 
 # %% ../nbs/00_production.ipynb #6676858d
 DTYPES = ('fp64', 'fp32', 'tf32', 'bf16', 'fp16', 'fp8', 'int8')
@@ -87,7 +87,7 @@ class FacilitySpec:
 
     def __post_init__(self):
         check_positive('facility_power_w', self.facility_power_w)
-        check_range('pue', self.pue, lo=1.0)
+        check_pue('pue', self.pue)
         if not (isinstance(self.cooling_capacity_w, (int, float)) and self.cooling_capacity_w == math.inf):
             check_positive('cooling_capacity_w', self.cooling_capacity_w)
         if self.electricity_usd_per_kwh is not None: check_positive('electricity_usd_per_kwh', self.electricity_usd_per_kwh, allow_zero=True)
@@ -401,9 +401,12 @@ def _load_spec(path):
     "Read a TOML or JSON spec file into a dict."
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"spec: no such file {str(p)!r}")
-    if p.suffix.lower() == '.toml': return tomllib.loads(p.read_text())
-    if p.suffix.lower() == '.json': return json.loads(p.read_text())
-    raise ValueError(f"spec: expected a .toml or .json file, got {str(p)!r}")
+    kind = p.suffix.lower()
+    if kind not in ('.toml', '.json'): raise ValueError(f"spec: expected a .toml or .json file, got {str(p)!r}")
+    try: d = tomllib.loads(p.read_text()) if kind == '.toml' else json.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, ValueError) as e: raise ValueError(f"spec: {str(p)!r} is not valid {kind[1:].upper()}: {e}") from None
+    if not isinstance(d, dict): raise ValueError(f"spec: {str(p)!r} must hold a table of options, got {type(d).__name__}")
+    return d
 
 # %% ../nbs/00_production.ipynb #73c98fb5
 def _tpf_table(d:dict) -> str:
@@ -442,6 +445,10 @@ def tpf_cli(spec:str=None, # TOML/JSON file whose keys are these options (flags 
     note = cfg.pop('note', None)
     unknown = set(cfg) - set(_TPF_KEYS)
     if unknown: raise ValueError(f"spec: unknown key(s) {sorted(unknown)}; expected some of {list(_TPF_KEYS)}")
+    if 'n_devices' in cfg: cfg['n_devices'] = check_int('n_devices', cfg['n_devices'], 1, 1_000_000)
+    for k in ('active_params', 'throughput', 'power_w', 'e_tok', 'facility_power_w', 'cooling_capacity_w', 'context_tokens', 'batch_size'):
+        if k in cfg: check_positive(k, cfg[k], allow_zero=k == 'context_tokens')
+    if 'pue' in cfg: check_pue('pue', cfg['pue'])
     spec_hw = globals()['hardware'](cfg.get('hardware', 'H100-SXM'))
     fac = None
     if 'facility_power_w' in cfg:
