@@ -100,9 +100,12 @@ def _binding(runs, hardware, active_params, facility, n_devices, batch_size):
     if spec is None:
         name = runs['device_name'].iloc[0] if 'device_name' in runs else None
         spec = hardware_for_device(name)
-        if spec is None: return None, f"no datasheet for device {name!r}; pass hardware= (one of energytok.production.HARDWARE)"
+        if spec is None:
+            from energytok.production import HARDWARE
+            return None, (f"no datasheet for device {name!r}: give --hardware (one of {', '.join(HARDWARE)}), or the device's own "
+                          "figures with --peak-flops and --power-limit-w (in Python: hardware= a name or custom_hardware(...))")
     if active_params is None and 'model' in runs: active_params = model_shape(runs['model'].iloc[0]).active_params
-    if active_params is None: return None, "active parameters per token unknown; pass active_params="
+    if active_params is None: return None, "active parameters per token unknown: give --active-params N (active_params= in Python)"
     for c in ('tokens_per_s', 'avg_power_w'):
         if c not in runs or runs[c].isna().all(): return None, f"no {c} recorded"
     dtype = compute_dtype(str(runs['dtype'].iloc[0]) if 'dtype' in runs else 'bf16',

@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/cli.html.md"""
 __all__ = ['COMMANDS', 'run_command', 'main']
 
 # %% ../nbs/90_cli.ipynb #566b6190
-import os, sys, importlib
+import argparse, os, sys, importlib
 
 # %% ../nbs/90_cli.ipynb #0c54d688
 COMMANDS = {
@@ -40,7 +40,8 @@ def run_command(name:str, # sub-command, a key of `COMMANDS`
     mod_name, fn_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(mod_name), fn_name)
     parser = anno_parser(func, prog=f'energytok {name}')
-    parser.epilog = None  # the version is `energytok --version`'s to print
+    parser.epilog = getattr(func, 'cli_epilog', None)  # the command's own notes; the version is `energytok --version`'s
+    if parser.epilog: parser.formatter_class = type('Help', (argparse.RawDescriptionHelpFormatter, parser.formatter_class), {})
     kwargs = vars(parser.parse_args(list(argv or [])))
     kwargs.pop('pdb', None); kwargs.pop('xtra', None)
     res = getattr(func, '__wrapped__', func)(**kwargs)
