@@ -22,11 +22,12 @@ def test_end_to_end_then_resume(tmp_path):
     assert set(df.dtype) == {'fp32', 'bf16'} and set(df.batch_size) == {1, 2}
     assert set(df.decode_tokens) == {16, 32}
     assert folders[0].name in p.stdout and '8 runs measured' in p.stdout
-    for col in ('j_per_token', 'energy_provenance', 'tokens_per_s', 'ttft_ms'): assert col in p.stdout
+    for col in ('J/token', 'tok/s', 'TTFT ms', 'TPOT ms', 'energy: '): assert col in p.stdout
+    assert all(len(line) <= 100 for line in p.stdout.splitlines())
     if df.estimated.any():  # no power sensor here: it must say so in words
         assert 'ESTIMATED' in p.stdout and 'estimate:' in p.stdout
     again = run(SMALL, tmp_path)
-    assert again.returncode == 0 and '0 runs measured, 8 already on disk' in again.stdout
+    assert again.returncode == 0 and 'resumed: 8 of 8 runs were already on disk' in again.stdout and '--new' in again.stdout
     assert len(load_runs(folders[0])) == 8
     fresh = run(SMALL + ['--new', '--repetitions', '1'], tmp_path)
     assert fresh.returncode == 0 and len(list((tmp_path/'results').iterdir())) == 2
@@ -53,7 +54,7 @@ def test_kill_9_mid_sweep_then_resume(tmp_path):
     assert bad == 0 and len(after) == 12
     assert after[:len(before)] == before  # nothing written before the kill changed or was lost
     assert len({r['run_id'] for r in after}) == 12  # no duplicates
-    assert f'{12 - len(before)} runs measured, {len(before)} already on disk' in p.stdout
+    assert f'resumed: {len(before)} of 12 runs were already on disk and are reused, {12 - len(before)} measured now' in p.stdout
     man = json.loads((runs.parent/'sweep.json').read_text())
     assert sorted(r['run_id'] for r in after) == sorted(o['run_id'] for o in man['order'])
 
