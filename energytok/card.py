@@ -145,10 +145,14 @@ class EnergyCard:
                     tpf=plain(self.tpf) if self.tpf else None, hardware=plain(self.hardware), ci=self.ci,
                     notes=self.notes, rows=table_records(self.rows))
 
-    def to_markdown(self, level:int=3) -> str:
+    def to_markdown(self,
+                    level:int=3, # heading level of the card's title
+                    banner:bool=True, # the estimate warning; a report that already carries it once at the top passes False
+                   ) -> str:
         "The card as markdown."
         h = '#' * level
-        warn = (f"\n\n> **Energy figures are estimates, not measurements** ({md_escape(self.provenance)}).") if self.estimated else ''
+        warn = (f"\n\n> **Energy figures are estimates, not measurements** ({md_escape(self.provenance)}): every J/token "
+                "and power figure on this card is an estimate.") if self.estimated and banner else ''
         bind = (f"**Binding constraint: {self.binding}** ({self.tpf['hardware']} x{self.tpf['n_devices']}, "
                 f"U = measured / binding ceiling = {self.tpf['utilization']:.3f}, MFU = {self.tpf['mfu']:.2%}; compute ceiling "
                 f"{self.tpf['compute_ceiling_tok_per_s']:,.0f} tokens/s, energy ceiling {self.tpf['energy_ceiling_tok_per_s']:,.0f} tokens/s; "
@@ -231,6 +235,5 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
     if missing: notes.append(f"{missing} of {len(runs)} runs have no energy (a sensor gave no valid reading): they are left out "
                              "of every energy figure on this card")
     if len(runs) < 2: notes.append("one run only: no interval can be given")
-    if est: notes.append(f"energy is {tag}: every J/token and power figure on this card is an estimate")
     return EnergyCard(label, len(runs), table, prov, est, tpf.binding if tpf else None, tpf.to_dict() if tpf else None,
                       why, hw, ci, notes)

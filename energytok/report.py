@@ -52,9 +52,12 @@ def provenance_header(runs:pd.DataFrame, # the table of runs
     return {k: v for k, v in h.items() if v is not None}
 
 # %% ../nbs/35_report.ipynb #3f93e9c9
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.8em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#eef3f8}td:first-child,th:first-child{text-align:left}blockquote{border-left:4px solid #c0392b;margin:.8em 0;padding:.2em 1em;background:#fbeeee}
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.8em 0;font-size:.8em;max-width:100%}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#eef3f8;overflow-wrap:anywhere}td{white-space:nowrap}td.text{white-space:normal;overflow-wrap:anywhere;text-align:left;min-width:6em}
+td:first-child,th:first-child{text-align:left}
+blockquote{border-left:4px solid #7f8c9a;margin:.8em 0;padding:.2em 1em;background:#f3f5f7;color:#333}
+blockquote.warning{border-left-color:#c0392b;background:#fbeeee;color:#222}
 figure{margin:1.2em 0}figure img{max-width:100%}figcaption{font-size:.85em;color:#555}code{background:#f3f3f3;padding:0 3px}h1{border-bottom:2px solid #1f4e79}h2{color:#1f4e79;margin-top:1.6em}"""
 
 def content_security_policy(css:str=_CSS) -> str:
@@ -76,6 +79,12 @@ def _inline(text:str) -> str:
     s = re.sub(r'\*\*([^*]+)\*\*', r'<strong>\1</strong>', s)
     s = re.sub(r'(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])', r'<em>\1</em>', s)
     return re.sub(r'\x00(\d+)\x00', lambda m: keep[int(m[1])], s)
+
+_NUMBER = re.compile(r'^[-+<>≤≥~]?\s*[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?%?$|^(yes|no|inf|-inf|–)?$', re.I)
+
+def _td(cell:str) -> str:
+    "A table cell: numbers stay on one line, text may wrap so that a wide table still fits the page."
+    return f'<td>{_inline(cell)}</td>' if _NUMBER.match(cell.replace('\\', '')) else f'<td class="text">{_inline(cell)}</td>'
 
 def _cells(line:str) -> list:
     "The cells of a markdown table row (escaped pipes stay escaped for `_inline`)."
@@ -99,12 +108,14 @@ def markdown_html(md:str, # markdown in the subset the report writes
             rows = []
             while i < len(lines) and lines[i].startswith('|'): rows.append(lines[i]); i += 1
             head, body = _cells(rows[0]), [r for r in rows[1:] if not re.match(r'^\|[\s\-:|]+\|?$', r)]
-            out.append('<table><thead><tr>' + ''.join(f'<th>{_inline(c)}</th>' for c in head) + '</tr></thead><tbody>' +
-                       ''.join('<tr>' + ''.join(f'<td>{_inline(c)}</td>' for c in _cells(r)) + '</tr>' for r in body) + '</tbody></table>')
+            out.append('<table><thead><tr>' + ''.join(f'<th>{_inline(c).replace("_", "_<wbr>")}</th>' for c in head) +
+                       '</tr></thead><tbody>' + ''.join('<tr>' + ''.join(_td(c) for c in _cells(r)) + '</tr>' for r in body) +
+                       '</tbody></table>')
         elif line.startswith('>'):
             block = []
             while i < len(lines) and lines[i].startswith('>'): block.append(lines[i].lstrip('> ').rstrip()); i += 1
-            out.append('<blockquote><p>' + _inline(' '.join(block)) + '</p></blockquote>')
+            kind = ' class="warning"' if block[0].startswith('**') else ''  # a quote that opens in bold warns; any other is a note
+            out.append(f'<blockquote{kind}><p>' + _inline(' '.join(block)) + '</p></blockquote>')
         elif line.startswith('- '):
             items = []
             while i < len(lines) and lines[i].startswith('- '): items.append(lines[i][2:]); i += 1
@@ -320,7 +331,7 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
         for p in self.plots: md += [f"![{md_escape(p.caption)}]({figure_dir}/{p.name}.png)", ""]
     if self.cards:
         md += ["## Energy-to-token cards", ""]
-        for c in self.cards: md += [c.to_markdown(level=3), ""]
+        for c in self.cards: md += [c.to_markdown(level=3, banner=False), ""]  # the banner is at the top, once
     if self.notes: md += ["## Notes", "", *[f"- {md_escape(n)}" for n in self.notes], ""]
     return '\n'.join(md)
 
