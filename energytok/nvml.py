@@ -203,15 +203,19 @@ def _resolve_visible(devices:list, # from `_physical_devices`
     base, why_not = order
     if visible is None: return ([(d, None) for d in base], '') if base is not None else ([], why_not)
     if not visible.strip(): return [], 'CUDA_VISIBLE_DEVICES is empty: it hides every GPU'
+    entries = [e.strip() for e in visible.split(',')]
+    form = lambda e: 'MIG-' if e.startswith('MIG-') else 'GPU-' if e.startswith('GPU-') else 'index'
     out = []
-    for entry in (e.strip() for e in visible.split(',')):
+    for entry in entries:
+        if form(entry) != form(entries[0]):
+            return out, f"CUDA_VISIBLE_DEVICES entry {entry!r} is not of the first entry's form: CUDA ignores it and every entry after it"
         if entry.isdigit() and base is None: return out, f"CUDA_VISIBLE_DEVICES entry {entry!r}: {why_not}"
         hits = _match_entry(devices, base, entry)
         if len(hits) != 1:
             why = 'matches no device' if not hits else 'matches several devices'
             return out, f"CUDA_VISIBLE_DEVICES entry {entry!r} {why}: CUDA ignores it and every entry after it"
         if any(d is hits[0][0] and (g or {}).get('uuid') == (hits[0][1] or {}).get('uuid') for d, g in out):
-            return out, f"CUDA_VISIBLE_DEVICES entry {entry!r} names a GPU already listed: energytok stops there rather than meter it twice"
+            return [], f"CUDA_VISIBLE_DEVICES names a GPU twice ({entry!r}): that hides every GPU"
         out.append(hits[0])
     return out, ''
 
@@ -302,9 +306,10 @@ def _torch_cuda_uuids():
     except Exception: return None
 
 def _visible_from_cuda(devices:list, uuids:list) -> tuple:
-    "Visible (device, MIG instance) pairs from CUDA's own UUID list, and a note on any UUID NVML does not know."
+    "Visible (device, MIG instance) pairs from CUDA's own UUID list, and a note on any UUID NVML does not know (None: none known)."
     by = {_norm_uuid(d['uuid']): (d, None) for d in devices if d['uuid']}
     by.update({_norm_uuid(g['uuid']): (d, g) for d in devices for g in d['mig']})
+    if uuids and not any(_norm_uuid(u) in by for u in uuids): return None, f"CUDA's device UUIDs {list(uuids)} match none of NVML's: not used"
     out = []
     for u in uuids:
         if _norm_uuid(u) not in by: return out, f"CUDA device {len(out)} has UUID {u}, which NVML does not list: mapping stops there"
@@ -340,8 +345,9 @@ def gpu_sensors(gpus=None, # GPUs to meter: None or 'all', ordinals, 'cuda:N', U
     visible, note = _resolve_visible(devices, environ.get('CUDA_VISIBLE_DEVICES'), order)
     cuda = cuda_uuids() if callable(cuda_uuids) else cuda_uuids
     if cuda is None and env is None: cuda = _torch_cuda_uuids()
-    if cuda is not None:
-        from_cuda, cnote = _visible_from_cuda(devices, cuda)
+    from_cuda, cnote = _visible_from_cuda(devices, cuda) if cuda is not None else (None, '')
+    if from_cuda is None and cnote: notes.append(cnote)
+    if from_cuda is not None:
         if [(d['uuid'], (g or {}).get('uuid')) for d, g in from_cuda] != [(d['uuid'], (g or {}).get('uuid')) for d, g in visible]:
             notes.append("CUDA's own numbering differs from the one worked out from NVML and the environment: CUDA's is used")
         visible, note = from_cuda, cnote

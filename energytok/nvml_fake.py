@@ -290,9 +290,11 @@ def cuda_device_uuids(self:FakeNVML,
     if env.get('CUDA_DEVICE_ORDER') != 'PCI_BUS_ID': devs = sorted(devs, key=lambda d: -d['speed'])  # stable: ties stay in PCI order
     visible = env.get('CUDA_VISIBLE_DEVICES')
     if visible is None: return [d['uuid'] for d in devs]
-    out = []
-    for e in (x.strip() for x in visible.split(',')):
+    out, entries = [], [x.strip() for x in visible.split(',')]
+    for e in entries:
+        if e.startswith('GPU-') != entries[0].startswith('GPU-'): break
         hits = [devs[int(e)]] if e.isdigit() and int(e) < len(devs) else [d for d in devs if e.startswith('GPU-') and d['uuid'].startswith(e)]
-        if len(hits) != 1 or hits[0]['uuid'] in out: break
+        if len(hits) != 1: break
+        if hits[0]['uuid'] in out: return []
         out.append(hits[0]['uuid'])
     return out

@@ -247,16 +247,32 @@ def test_legacy_mig_form_resolves_to_its_instance():
                                                      mig=[dict(uuid='MIG-aa', gi=1, ci=0), dict(uuid='MIG-bb', gi=2, ci=0)])])
     st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-GPU-9c2d-11/2/0'})
     assert not st_[0].present and 'MIG instance MIG-bb (GPU instance 2, compute instance 0)' in st_[0].reason
-    sel = gpu_sensors(nvml=fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-GPU-9c2d-11/2/0,GPU-5e1f'}, mig_parent=True)
-    assert [(s.domain, s.uuid, s.mig) for s in sel.sensors] == [('gpu:0', 'GPU-9c2d-11', ['MIG-bb']), ('gpu:1', 'GPU-5e1f-77', [])]
+    sel = gpu_sensors(nvml=fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-GPU-9c2d-11/2/0,MIG-aa'}, mig_parent=True)
+    assert [(s.domain, s.uuid, s.mig) for s in sel.sensors] == [('gpu:0', 'GPU-9c2d-11', ['MIG-bb', 'MIG-aa'])]
     st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-GPU-9c2d-11/3/0,0'})  # no such instance: CUDA stops there
     assert [s.present for s in st_] == [False] and 'matches no device' in st_[0].reason
 
 
-def test_an_entry_naming_a_listed_gpu_again_stops_the_list():
-    st_ = nvml_statuses(node(), env={'CUDA_VISIBLE_DEVICES': '1,GPU-01,2'})
-    assert [(s.domain, s.present) for s in st_] == [('gpu:0', True), ('gpu:1', False)]
-    assert 'already listed' in st_[1].reason
+@pytest.mark.parametrize('visible', ['1,2,1', 'GPU-01,GPU-02aa,GPU-01a'])
+def test_a_gpu_named_twice_hides_every_gpu(visible):
+    "As PyTorch's parser of CUDA_VISIBLE_DEVICES has it (and the stand-in's model of CUDA): a repeated GPU empties the list."
+    fake = node()
+    st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': visible})
+    assert [s.present for s in st_] == [False] and 'names a GPU twice' in st_[0].reason
+    assert fake.cuda_device_uuids({'CUDA_VISIBLE_DEVICES': visible}) == []
+
+
+@pytest.mark.parametrize('visible, expected', [('1,GPU-00aa', ['GPU-01aa']), ('GPU-02aa,0', ['GPU-02aa'])])
+def test_the_first_entrys_form_holds_for_the_list(visible, expected):
+    fake = node()
+    st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': visible})
+    assert [s.sensor.uuid for s in st_ if s.present] == expected == fake.cuda_device_uuids({'CUDA_VISIBLE_DEVICES': visible})
+    assert "not of the first entry's form" in st_[-1].reason
+
+
+def test_a_cuda_list_matching_no_nvml_uuid_is_not_used():
+    sel = gpu_sensors(nvml=node(), env={'CUDA_VISIBLE_DEVICES': '2'}, cuda_uuids=['deadbeef-0000'])
+    assert [s.uuid for s in sel.sensors] == ['GPU-02aa'] and any('match none of NVML' in n for n in sel.notes)
 
 
 @pytest.mark.parametrize('gpus, expected', [(None, [0, 1, 2, 3]), ('all', [0, 1, 2, 3]), (2, [2]), ('cuda:1', [1]), ('cuda', [0]),
