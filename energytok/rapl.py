@@ -11,7 +11,7 @@ __all__ = ['RAPL_ROOT', 'RAPL_UPDATE_S', 'write_fake_powercap', 'RAPLSensor', 'r
 import re
 from pathlib import Path
 from fastcore.basics import patch
-from .sensors import Sensor, SensorError, SensorStatus, Reading, CounterUnwrap, now_s
+from .sensors import Sensor, SensorError, SensorStatus, Reading, CounterUnwrap, now_s, register_sensor_kind
 
 # %% ../nbs/12_rapl.ipynb #8044a757
 RAPL_ROOT = Path('/sys/class/powercap')  # where the kernel exposes powercap zones
@@ -102,10 +102,10 @@ def _zone_status(zone:Path, package:str) -> SensorStatus:
     return SensorStatus('rapl', domain, True, 'rapl', False, f'{zone.name} energy_uj counter', sensor=s)
 
 # %% ../nbs/12_rapl.ipynb #2e382c3c
-def rapl_statuses(root=None, # powercap folder (None: /sys/class/powercap)
+def rapl_statuses(rapl_root=None, # powercap folder (None: /sys/class/powercap)
                  ) -> list:
-    "One `SensorStatus` per RAPL zone under `root`, or one absent status saying why there is none."
-    root = Path(root or RAPL_ROOT)
+    "One `SensorStatus` per RAPL zone under `rapl_root`, or one absent status saying why there is none."
+    root = Path(rapl_root or RAPL_ROOT)
     if not root.is_dir():
         return [SensorStatus('rapl', 'cpu', False, reason=f"{root} does not exist: this kernel exposes no powercap/RAPL "
                              "interface (not Linux, a VM or container without it, or the intel_rapl driver not loaded)")]
@@ -118,3 +118,5 @@ def rapl_statuses(root=None, # powercap folder (None: /sys/class/powercap)
         except (OSError, ValueError, AttributeError, KeyError, SensorError) as e:
             out.append(SensorStatus('rapl', f'cpu:{package}', False, reason=f'{zone}: {type(e).__name__}: {e}'))
     return out
+
+register_sensor_kind('rapl', rapl_statuses)  # joins the sensors chapter's discovery

@@ -87,7 +87,7 @@ def test_nvml_device_with_nothing_is_absent():
 
 
 def test_nvml_counter_wrap_at_2_64_mj():
-    fake = FakeNVML([dict(counter_start_mj=2**64 - 20_000, power_w=500.0)])  # wraps after 20 J = 40 ms
+    fake = FakeNVML([dict(counter_start_mj=2**64 - 20_000, power_w=500.0, counter_update_s=0)])  # continuous; wraps after 20 J = 40 ms
     s = sensor_of(fake)
     a = s.read(); time.sleep(0.15); b = s.read()
     assert s.method()['counter_wraps'] == 1
@@ -95,12 +95,29 @@ def test_nvml_counter_wrap_at_2_64_mj():
     assert b.energy_j > a.energy_j > -1e-9
 
 
-def test_nvml_error_mid_run_is_a_sensor_error_then_recovers():
+def test_nvml_lost_gpu_stays_lost_until_reset_then_the_counter_restarts():
+    "As on hardware: clearing the error does not bring a lost GPU back; after a reset the counter restarts, a reset not a wrap."
+    fake = FakeNVML([dict(power_w=300.0, counter_update_s=0.01)])
+    s = sensor_of(fake)
+    before = s.read().energy_j
+    fake.devices[0]['error'] = pynvml.NVML_ERROR_GPU_IS_LOST
+    with pytest.raises(SensorError, match=r'gpu:0 .*energy counter: .*GPU is lost'): s.read()
+    fake.devices[0]['error'] = None
+    with pytest.raises(SensorError, match='GPU is lost'): s.read()
+    fake.reset_gpu(0)
+    with pytest.raises(SensorError, match='reset, not a wraparound'): s.read()
+    time.sleep(0.1)
+    after = s.read().energy_j
+    assert before <= after < before + 300.0 * 0.5
+    assert s.method()['counter_resets'] == 1
+
+
+def test_nvml_transient_error_recovers():
+    "An error that is not a lost GPU (here a timeout) lasts only while it is scripted."
     fake = FakeNVML([dict()])
     s = sensor_of(fake)
-    s.read()
-    fake.devices[0]['error'] = pynvml.NVML_ERROR_GPU_IS_LOST
-    with pytest.raises(SensorError, match=r'gpu:0 .*GPU is lost'): s.read()
+    fake.devices[0]['error'] = pynvml.NVML_ERROR_TIMEOUT
+    with pytest.raises(SensorError, match=r'gpu:0 .*Timeout'): s.read()
     fake.devices[0]['error'] = None
     assert s.read().energy_j >= 0
 
@@ -149,22 +166,33 @@ def test_cuda_visible_devices_stops_at_first_invalid_entry():
     assert "'9' matches no device" in st_[1].reason
 
 
-def test_mig_instance_is_metered_through_its_parent():
+def test_mig_instance_is_refused_with_whose_energy_it_would_be():
     fake = FakeNVML([dict(uuid='GPU-p0'), dict(uuid='GPU-p1', mig=['MIG-aaaa', 'MIG-bbbb'])])
     st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-bbbb,MIG-aaaa'})
+    assert [(s.domain, s.present) for s in st_] == [('gpu:0', False), ('gpu:1', False)]
+    assert 'MIG instance MIG-bbbb' in st_[0].reason and "the counter is the whole GPU's" in st_[0].reason
+    assert "['MIG-aaaa', 'MIG-bbbb']" in st_[0].reason and 'mig_parent=True' in st_[0].reason
+    assert available_sensors(nvml=fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-bbbb'}, rapl_root='/nonexistent', estimate=False) == []
+
+
+def test_mig_instance_is_metered_through_its_parent_when_asked():
+    fake = FakeNVML([dict(uuid='GPU-p0'), dict(uuid='GPU-p1', mig=['MIG-aaaa', 'MIG-bbbb'])])
+    st_ = nvml_statuses(fake, env={'CUDA_VISIBLE_DEVICES': 'MIG-bbbb,MIG-aaaa'}, mig_parent=True)
     assert len(st_) == 1, 'two instances of one GPU give one sensor'
     s = st_[0].sensor
     assert (s.uuid, s.nvml_index, s.mig) == ('GPU-p1', 1, ['MIG-bbbb', 'MIG-aaaa'])
-    assert 'whole physical GPU GPU-p1' in st_[0].reason
+    assert "whole GPU GPU-p1's" in st_[0].reason and 'whole GPU GPU-p1' in s.method()['covers']
     assert s.read().power_w == pytest.approx(300.0)
     # the MIG handle itself has no power reading, which is why the parent is used
     with pytest.raises(pynvml.NVMLError):
         fake.nvmlDeviceGetPowerUsage(fake.nvmlDeviceGetHandleByUUID('MIG-aaaa'))
 
 
-def test_mig_enabled_gpu_by_index_is_flagged():
-    st_ = nvml_statuses(FakeNVML([dict(uuid='GPU-p1', mig=['MIG-aaaa'])]), env={})
-    assert st_[0].present and 'MIG enabled' in st_[0].reason
+def test_mig_enabled_gpu_by_index_is_refused_unless_asked():
+    fake = FakeNVML([dict(uuid='GPU-p1', mig=['MIG-aaaa'])])
+    assert not nvml_statuses(fake, env={})[0].present and 'in MIG mode' in nvml_statuses(fake, env={})[0].reason
+    st_ = nvml_statuses(fake, env={}, mig_parent=True)[0]
+    assert st_.present and st_.sensor.mig == ['MIG-aaaa'] and 'MIG (mig_parent=True)' in st_.reason
 
 
 # ---- RAPL through a fake sysfs tree -----------------------------------------------------------------------------
@@ -335,7 +363,7 @@ def test_available_sensors_falls_back_to_the_estimate(tmp_path):
 def test_describe_sensors_has_one_row_per_sensor(tmp_path):
     write_fake_powercap(tmp_path)
     df = describe_sensors(nvml=FakeNVML([dict(), dict()]), rapl_root=tmp_path)
-    assert list(df.columns) == ['kind', 'domain', 'present', 'provenance', 'estimated', 'how', 'reason']
+    assert list(df.columns) == ['kind', 'domain', 'present', 'selected', 'provenance', 'estimated', 'how', 'reason']
     assert set(df.domain) >= {'gpu:0', 'gpu:1', 'cpu:0-package', 'cpu:0-dram', 'cpu:0-core', 'cpu-estimate'}
     assert df.set_index('domain').loc['cpu-estimate', 'estimated']
 
