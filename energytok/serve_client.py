@@ -10,7 +10,7 @@ __all__ = ['PROMPT_SET', 'APIS', 'Prompt', 'build_prompt_set', 'load_prompts', '
            'apportion', 'prompt_token_count', 'count_tokens', 'chunk_tokens', 'load_tokenizer', 'fake_openai_app',
            'ServerThread', 'run_async', 'TransformersServer']
 
-# %% ../nbs/25_serve_client.ipynb #adefa659
+# %% ../nbs/25_serve_client.ipynb #d1fff72d
 import os, sys, json, math, time, random, socket, asyncio, hashlib, tempfile, threading, subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .sensors import now_s
 from .checks import check_choice, check_positive
 
-# %% ../nbs/25_serve_client.ipynb #2069d366
+# %% ../nbs/25_serve_client.ipynb #25957b90
 @dataclass(frozen=True)
 class Prompt:
     "One request's input: a text prompt or a list of chat messages."
@@ -42,7 +42,7 @@ class Prompt:
         body = f'{len(self.messages)} messages' if self.is_chat else f'{len(self.text)} chars: {self.text[:40]!r}...'
         return f'Prompt({self.id!r}, {body})'
 
-# %% ../nbs/25_serve_client.ipynb #1499ae4a
+# %% ../nbs/25_serve_client.ipynb #a38bf405
 from .model import ASSETS
 PROMPT_SET = ASSETS/'kjv-prompts.jsonl'
 
@@ -61,7 +61,7 @@ def build_prompt_set(text_path, # a text with one verse per line (`data/kjv-gosp
         out.append(dict(id=f'kjv-{i:04d}', prompt=' '.join(lines[start:start + k])))
     return out
 
-# %% ../nbs/25_serve_client.ipynb #fb81d18e
+# %% ../nbs/25_serve_client.ipynb #675bb1cd
 _SHAREGPT_ROLES = dict(human='user', user='user', gpt='assistant', chatgpt='assistant', assistant='assistant', bard='assistant',
                        bing='assistant', system='system')
 
@@ -136,7 +136,7 @@ def sample_prompts(prompts:list, # the dataset
                          f"be answered from the server's prefix cache), got {n}")
     return random.Random(seed).sample(list(prompts), n)
 
-# %% ../nbs/25_serve_client.ipynb #a01a55c3
+# %% ../nbs/25_serve_client.ipynb #ad69c0cc
 APIS = ('completions', 'chat')
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _port(u):
     try: return u.port
     except ValueError: return None
 
-# %% ../nbs/25_serve_client.ipynb #69d4a739
+# %% ../nbs/25_serve_client.ipynb #e5a59495
 def _snippet(text, n:int=300) -> str:
     "The first `n` characters of a server's answer, on one line."
     s = ' '.join(str(text).split())
@@ -226,14 +226,14 @@ def resolve_model(ep:Endpoint, # the server, with or without a model name
     if ep.model not in ids: raise ValueError(f"model: {ep.model!r} is not served at {ep.base}; it lists {ids}")
     return ep
 
-# %% ../nbs/25_serve_client.ipynb #2a2825f2
+# %% ../nbs/25_serve_client.ipynb #f12a8ed9
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on now."
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-# %% ../nbs/25_serve_client.ipynb #1566256c
+# %% ../nbs/25_serve_client.ipynb #23a01a35
 def request_body(ep:Endpoint, # the server, with its model resolved
                  prompt:Prompt, # what to send
                  max_tokens:int, # most output tokens
@@ -252,7 +252,7 @@ def request_body(ep:Endpoint, # the server, with its model resolved
     if ignore_eos: body['ignore_eos'] = True
     return body
 
-# %% ../nbs/25_serve_client.ipynb #847e2844
+# %% ../nbs/25_serve_client.ipynb #5e73f083
 @dataclass
 class RequestResult:
     "One streamed request: when it was sent, when each text chunk arrived, what came back, and any error."
@@ -288,7 +288,7 @@ class RequestResult:
         what = (f'{self.output_tokens} tokens ({self.token_source}) in {len(self.chunk_s)} chunks' if self.ok else f'FAILED: {self.error}')
         return f'RequestResult(#{self.index} {self.prompt_id}: {what}; TTFT {ms(self.ttft_s)}, e2e {ms(self.e2e_s)})'
 
-# %% ../nbs/25_serve_client.ipynb #86893a76
+# %% ../nbs/25_serve_client.ipynb #1f2b2e93
 async def _read_stream(r, res:RequestResult, ep:Endpoint, on_first=None):
     "Read a streaming response into `res`: chunk times, text, usage, finish reason; set `res.error` if it ends badly."
     parts, done = [], False
@@ -351,7 +351,7 @@ async def stream_request(client, # an `httpx.AsyncClient`
         if on_done is not None: on_done(res)
     return res
 
-# %% ../nbs/25_serve_client.ipynb #6edc37b9
+# %% ../nbs/25_serve_client.ipynb #5d658108
 def apportion(total:int, # integer total to share out
               weights:list, # non-negative weights, one per share
              ) -> list:
@@ -411,7 +411,7 @@ def load_tokenizer(folder # a local Hugging Face model or tokenizer folder
     if not p.is_dir(): raise FileNotFoundError(f"tokenizer: {str(p)!r} is not a folder")
     return transformers.AutoTokenizer.from_pretrained(p, local_files_only=True)
 
-# %% ../nbs/25_serve_client.ipynb #f6c33585
+# %% ../nbs/25_serve_client.ipynb #89f06cc9
 def fake_openai_app(model:str='fake-model', # the one model it lists and accepts
                     output_tokens:int=8, # chunks streamed per request, one word each
                     fail_every:int=0, # answer HTTP 500 to every n-th request (0: never)
@@ -490,7 +490,7 @@ class ServerThread:
 
     def __repr__(self): return f"ServerThread({self.url}, {'running' if self.thread and self.thread.is_alive() else 'stopped'})"
 
-# %% ../nbs/25_serve_client.ipynb #da64beec
+# %% ../nbs/25_serve_client.ipynb #9d66228f
 def run_async(coro # a coroutine
              ):
     "Run `coro` to completion and return its result, in a helper thread when this thread already runs an event loop."
@@ -504,7 +504,7 @@ def run_async(coro # a coroutine
     if 'error' in out: raise out['error']
     return out['value']
 
-# %% ../nbs/25_serve_client.ipynb #5ed0192d
+# %% ../nbs/25_serve_client.ipynb #03b896d7
 class TransformersServer:
     "`transformers serve FOLDER` on 127.0.0.1 at a free port in a subprocess (a context manager); offline, stopped on exit."
     def __init__(self, folder, # a local Hugging Face model folder
@@ -512,10 +512,14 @@ class TransformersServer:
                  port:int=None, # the port (None: a free one)
                  startup_timeout_s:float=300.0, # how long to wait until it lists the model, s
                  extra_args:tuple=(), # more `transformers serve` options, e.g. ('--continuous-batching',)
+                 threads:int=1, # torch CPU threads of the server (OMP_NUM_THREADS); None: torch's default
                 ):
         self.folder = Path(folder).resolve()
         if not (self.folder/'config.json').exists(): raise FileNotFoundError(f"folder: {self.folder} has no config.json")
         self.device, self.port, self.startup_timeout_s, self.extra_args = device, port or free_port(), startup_timeout_s, tuple(extra_args)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads: expected a positive integer or None, got {threads!r}")
+        self.threads = threads
         self.proc, self.log_path = None, None
 
     @property
@@ -537,6 +541,7 @@ class TransformersServer:
     def __enter__(self):
         import httpx
         env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_DISABLE_UPDATE_CHECK': '1', 'TRANSFORMERS_NO_ADVISORY_WARNINGS': '1'}
+        if self.threads: env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         fd, name = tempfile.mkstemp(prefix='transformers-serve-', suffix='.log'); os.close(fd)
         self.log_path = Path(name)
         with open(self.log_path, 'wb') as log:

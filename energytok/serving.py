@@ -9,7 +9,7 @@ __all__ = ['LoadLevel', 'load_levels', 'SteadyState', 'LevelRun', 'run_level', '
            'request_record', 'load_requests', 'BenchResult', 'meter_sensors', 'bench_serve', 'level_table',
            'bench_serve_cli']
 
-# %% ../nbs/26_serving.ipynb #40a04d3c
+# %% ../nbs/26_serving.ipynb #97af65b3
 import sys, json, math, time, random, asyncio, hashlib, inspect, os
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from .store import RunStore, make_record, run_key, utc_now, write_json_atomic, l
 from .serve_client import (Endpoint, Prompt, load_prompts, sample_prompts, dataset_digest, resolve_model, stream_request,
                                     count_tokens, chunk_tokens, load_tokenizer, run_async, request_body)
 
-# %% ../nbs/26_serving.ipynb #85a7e389
+# %% ../nbs/26_serving.ipynb #d5530613
 @dataclass(frozen=True)
 class LoadLevel:
     "One load: requests kept in flight (closed loop) or a Poisson arrival rate (open loop)."
@@ -58,7 +58,7 @@ def load_levels(concurrency=None, # closed-loop levels: '1,8,64' or a list of in
     if not levels: raise ValueError("concurrency, request_rate: expected at least one load level")
     return list(dict.fromkeys(levels))
 
-# %% ../nbs/26_serving.ipynb #6ccbc8c8
+# %% ../nbs/26_serving.ipynb #570f6d73
 class SteadyState:
     "Decides, as requests are sent, start and end, when a load level's steady-state window opens and closes."
     def __init__(self, level:LoadLevel, # the load
@@ -94,7 +94,7 @@ class SteadyState:
         state = 'empty' if self.empty else 'closed' if self.closed.is_set() else 'open' if self.opened.is_set() else 'ramping up'
         return f'SteadyState({self.level}, {self.sent}/{self.n} sent, {self.first_tokens} first tokens, {self.finished} finished: {state})'
 
-# %% ../nbs/26_serving.ipynb #c3042989
+# %% ../nbs/26_serving.ipynb #4f399f30
 @dataclass
 class LevelRun:
     "What one load level did: every request's result, the whole level's and the steady state's meter windows."
@@ -168,7 +168,7 @@ async def run_level(ep:Endpoint, # the server, model resolved
         finally: whole = await asyncio.to_thread(meter.end_window, f'{name}/level')
     return LevelRun(level, results, t0, whole, steady)
 
-# %% ../nbs/26_serving.ipynb #c36943a0
+# %% ../nbs/26_serving.ipynb #ac3720bc
 def _pct(values, q):
     "Percentile `q` of `values`, None when there are none."
     import numpy as np
@@ -192,7 +192,8 @@ def level_figures(run:LevelRun, # a finished level, its requests counted (`count
     dur = b - a
     in_window = {r.index: sum(k for t, k in zip(r.chunk_s, chunk_tokens(r)) if a <= t < b) for r in ok}
     decode = sum(in_window.values())
-    if decode == 0: raise ValueError(f"{run.level}: no output token arrived inside the measurement window ({dur:.3g} s)")
+    if decode == 0: raise ValueError(f"{run.level}: no output token arrived inside the measurement window ({dur:.3g} s); "
+                                  "send more requests per level (--num-prompts) so that the steady state lasts")
     first_in = [r for r in ok if r.chunk_s and a <= r.chunk_s[0] < b]
     prefill = None if any(r.prompt_tokens is None for r in first_in) else sum(r.prompt_tokens for r in first_in)
     done_in = [r for r in ok if a <= r.done_s < b]
@@ -232,7 +233,7 @@ def level_figures(run:LevelRun, # a finished level, its requests counted (`count
         j_per_good_token=(_ratio(energy, good_tok) if good_tok else None) if s_star else None,
         flags=flags)
 
-# %% ../nbs/26_serving.ipynb #4c5de719
+# %% ../nbs/26_serving.ipynb #05344c05
 @dataclass(frozen=True)
 class PlannedLevel:
     "One measured level of a serving sweep, in order."
@@ -314,7 +315,7 @@ class ServeBench:
                 out.append(PlannedLevel(len(out), rep, self.levels[i], run_key(sid, self.config(self.levels[i]), rep)))
         return out
 
-# %% ../nbs/26_serving.ipynb #968f04e4
+# %% ../nbs/26_serving.ipynb #1f47ff51
 def request_record(res, # a counted `RequestResult`
                    run_id:str, # its level's run id
                    timestamp:str, # its level's record timestamp
@@ -348,7 +349,7 @@ def load_requests(path # a sweep folder (with runs.jsonl and requests.jsonl), or
             if (r.get('run_id'), r.get('timestamp')) in keep: rows.append(r)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_serving.ipynb #363bdbec
+# %% ../nbs/26_serving.ipynb #7a04acd1
 @dataclass
 class BenchResult:
     "Where a serving sweep's records are and what this call did."
@@ -394,7 +395,7 @@ def _manifest(bench:ServeBench, runs:list) -> dict:
                 idle_s=bench.idle_s, cooldown_s=bench.cooldown_s, deadline_s=bench.deadline_s,
                 order=[dict(order_index=r.order_index, repetition=r.repetition, run_id=r.run_id, **r.level.key()) for r in runs])
 
-# %% ../nbs/26_serving.ipynb #ee7109fa
+# %% ../nbs/26_serving.ipynb #f54f3b2f
 def bench_serve(bench:ServeBench, # the design
                 out='results', # folder that holds one subfolder per sweep
                 meter=None, # a `Meter` (started or not); None makes one over `meter_sensors(gpus)`
@@ -457,7 +458,7 @@ def bench_serve(bench:ServeBench, # the design
         if not was_running: meter.stop()
     return res
 
-# %% ../nbs/26_serving.ipynb #d30a3852
+# %% ../nbs/26_serving.ipynb #76ea77de
 def level_table(runs # a serving sweep's records
                ):
     "Per load level: runs, J/token (mean, sd, PUE-adjusted), tokens/s, latencies, failures and the steady-state window."
@@ -473,7 +474,7 @@ def level_table(runs # a serving sweep's records
     key = [(0, c) if pd.notna(c) else (1, r) for c, r in g.groupby('level', sort=False)[['concurrency', 'request_rate']].first().itertuples(index=False)]
     return t.iloc[sorted(range(len(t)), key=lambda i: key[i])].reset_index()
 
-# %% ../nbs/26_serving.ipynb #36d03d4d
+# %% ../nbs/26_serving.ipynb #55de6cf3
 @call_parse
 def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
                     model:str=None, # model to request (default: the only one the server lists)
