@@ -326,6 +326,12 @@ def load_curve_table(runs, # served-run records with `concurrency` (`energytok b
                      open_loop_runs=int(runs['concurrency'].isna().sum()), why=why)
     return out
 
+def _y_scale(ax, values):
+    "A log y axis with plain labels when `values` span more than a factor of 3, else a linear one (a log axis within one decade has no labels)."
+    v = pd.to_numeric(pd.Series(values), errors='coerce').dropna()
+    v = v[v > 0]
+    if len(v) and v.max() / v.min() > 3: ax.set_yscale('log'); _plain_log_ticks(ax.yaxis)
+
 def load_curve(runs, # served-run records with `concurrency` (`energytok bench-serve`)
                hardware=None, # a `HardwareSpec` or a name in `HARDWARE`; default from `device_name`
                active_params:float=None, # parameters active per token (the compute ceiling needs them)
@@ -351,12 +357,12 @@ def load_curve(runs, # served-run records with `concurrency` (`energytok bench-s
     top.scatter(closed['concurrency'], closed['j_per_token'], s=10, alpha=0.4, color='#1f4e79')
     top.errorbar(x, tab['j_per_token'], yerr=[tab['j_per_token'] - tab['j_per_token_low'], tab['j_per_token_high'] - tab['j_per_token']],
                  marker='o', capsize=3, color='#1f4e79', label='geometric mean, 95% interval')
-    top.set_yscale('log'); _plain_log_ticks(top.yaxis)
-    top.set_ylabel(f'J/token (IT, log axis)\n{energy_tag}', fontsize=8); top.legend(fontsize=8)
+    _y_scale(top, pd.concat([closed['j_per_token'], tab['j_per_token_low'], tab['j_per_token_high']]))
+    top.set_ylabel(f"J/token (IT{', log axis' if top.get_yscale() == 'log' else ''})\n{energy_tag}", fontsize=8); top.legend(fontsize=8)
     bot.scatter(closed['concurrency'], closed['tokens_per_s'], s=10, alpha=0.4, color='0.3')
     mc = [colors.get(b, '0.3') for b in tab['binding']]
     bot.plot(x, tab['tokens_per_s'], color='0.3', lw=1.2)
-    bot.scatter(x, tab['tokens_per_s'], c=mc, s=45, zorder=3, edgecolor='black', label='measured (colour: binding stave)')
+    bot.scatter(x, tab['tokens_per_s'], c=mc, s=45, zorder=3, edgecolor='black', label='measured' + (' (colour: binding stave)' if tab['binding'].notna().any() else ''))
     if tab['compute_ceiling_tok_per_s'].notna().any():
         bot.plot(x, tab['compute_ceiling_tok_per_s'], ls='--', color=colors['compute'], label='compute ceiling (peak or memory roofline)')
     if tab['power_ceiling_tok_per_s'].notna().any():
@@ -368,9 +374,11 @@ def load_curve(runs, # served-run records with `concurrency` (`energytok bench-s
         for ax in (top, bot): ax.axvline(xm, color='0.4', ls=':', lw=1.2)
         bot.annotate(f'{fa} → {fb}', (xm, 0.02), xycoords=('data', 'axes fraction'), fontsize=8, ha='center',
                      bbox=dict(boxstyle='round', fc='white', ec='0.6'))
-    bot.set_xscale('log', base=2); bot.set_yscale('log'); _plain_log_ticks(bot.yaxis)
+    bot.set_xscale('log', base=2)
+    _y_scale(bot, pd.concat([closed['tokens_per_s'], tab['compute_ceiling_tok_per_s'], tab['power_ceiling_tok_per_s']]))
     bot.set_xticks(x, [f'{int(v)}' for v in x]); bot.minorticks_off() if len(x) > 8 else None
-    bot.set_xlabel('concurrency (requests in flight, log axis)'); bot.set_ylabel('output tokens/s (log axis)')
+    bot.set_xlabel('concurrency (requests in flight, log axis)')
+    bot.set_ylabel('output tokens/s' + (' (log axis)' if bot.get_yscale() == 'log' else ''))
     bot.legend(fontsize=7, loc='upper left')
     a = tab.attrs
     if a['why']: cei = f"No TPF ceilings where not shown: {a['why']}."
