@@ -58,7 +58,7 @@ def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default
                meets_quality=None, meets_service=None, energytok_version=energytok.__version__, torch_version=None,
                device_name=device_name, driver_version=None, power_limit_w=power_limit_w, temp_before_c=None,
                temp_after_c=None, hostname='simulated', flags=[['simulated'] for _ in range(n)])
-    out = pd.DataFrame({c: rec[c] for c in RUN_COLUMNS}, index=runs.index)
+    out = pd.DataFrame({c: rec.get(c) for c in RUN_COLUMNS}, index=runs.index)  # served-run columns stay None
     extra = [c for c in runs.columns if c not in out.columns and c != 'simulated']
     return pd.concat([out, runs[extra]], axis=1).reset_index(drop=True)
 
@@ -170,11 +170,14 @@ class EnergyCard:
         return f"EnergyCard({self.config!r}, {self.n_runs} runs, {self.label}, binding={self.binding})"
 
 # %% ../nbs/34_card.ipynb #307ea7b8
-def _row(quantity, values, unit, basis, ci):
-    "One card row: mean and t-interval of `values` (NaNs dropped); None when nothing is recorded."
+def _row(quantity, values, unit, basis, ci, log=False):
+    "One card row: mean and t-interval of `values` (NaNs dropped), or with `log` the geometric mean and its interval; None when nothing is recorded."
     v = pd.to_numeric(pd.Series(values), errors='coerce').dropna().to_numpy(dtype=float)
     if len(v) == 0: return None
-    m, lo, hi = mean_ci(v, ci)
+    if log and (v > 0).all():  # a positive quantity: its interval on the log scale never reaches 0
+        m, lo, hi = (math.exp(x) for x in mean_ci(np.log(v), ci))
+        basis = f'{basis}; geometric mean, interval on the log scale'
+    else: m, lo, hi = mean_ci(v, ci)
     return dict(quantity=quantity, value=m, ci_low=lo, ci_high=hi, unit=unit, basis=basis)
 
 def _fraction_true(col):
@@ -213,14 +216,14 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
             _row('utilization U (slots used)', u if u is not None else [], '', 'decode tokens / (batch size x new tokens)', ci),
             _row('utilization-adjusted output', g('tokens_per_s') * u if u is not None else [], 'tokens/s', 'tokens/s x U', ci),
             _row('quality', g('quality'), str(runs['quality_metric'].dropna().iloc[0]) if 'quality_metric' in runs and runs['quality_metric'].notna().any() else '', 'as recorded', ci),
-            _row('time to first token', g('ttft_s'), 's', 'mean over runs', ci),
-            _row('time per output token (mean)', g('tpot_s'), 's', 'mean over runs', ci),
-            _row('time per output token (p99)', g('tpot_p99_s'), 's', "each run's p99, averaged", ci)]
+            _row('time to first token', g('ttft_s'), 's', 'over runs', ci, log=True),
+            _row('time per output token (mean)', g('tpot_s'), 's', 'over runs', ci, log=True),
+            _row('time per output token (p99)', g('tpot_p99_s'), 's', "each run's p99", ci, log=True)]
     for name, col in (('runs meeting the quality target', 'meets_quality'), ('runs meeting the service target', 'meets_service')):
         if col in runs and _fraction_true(runs[col]) is not None:
             rows.append(dict(quantity=name, value=_fraction_true(runs[col]), ci_low=math.nan, ci_high=math.nan, unit='fraction', basis='q*/s* verdicts'))
     table = pd.DataFrame([r for r in rows if r is not None])
-    bs = float(runs['batch_size'].iloc[0]) if 'batch_size' in runs else None
+    bs = next((float(v) for c in ('batch_size', 'concurrency') if c in runs for v in runs[c].iloc[:1] if pd.notna(v)), None)  # served runs: concurrency
     tpf, why = _binding(runs, hardware, active_params, facility, n_devices, bs)
     first = lambda c: runs[c].dropna().iloc[0] if c in runs and runs[c].notna().any() else None
     hw = dict(device_name=first('device_name'), datasheet=tpf.hardware if tpf else None, n_devices=n_devices,

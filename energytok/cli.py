@@ -13,6 +13,7 @@ import argparse, os, sys, importlib
 # %% ../nbs/90_cli.ipynb #0c54d688
 COMMANDS = {
     'run':     ('energytok.workload',   'run_cli',     'Run a sweep on a model under the meter and write one record per run'),
+    'bench-serve': ('energytok.serving', 'bench_serve_cli', 'Measure an OpenAI-compatible server under load: one record per load level'),
     'sensors': ('energytok.sensors',    'sensors_cli', 'List what this machine can measure, how, and why a sensor is absent'),
     'tpf':     ('energytok.production', 'tpf_cli',     'Evaluate the Token Production Function and name the binding constraint'),
     'report':  ('energytok.report',     'report_cli',  'Write the energy-to-token report for a results file or folder'),

@@ -1,4 +1,4 @@
-"""The comparison report's figures, drawn with seaborn: box + strip per configuration, interaction plot, forest plot of pairwise ratios, residual QQ plot, residuals against run order, ECDF per configuration, and the J/token against tokens/s Pareto scatter.
+"""The comparison report's figures, drawn with seaborn: box + strip per configuration, interaction plot, forest plot of pairwise ratios, residual QQ plot, residuals against run order, ECDF per configuration, the J/token against tokens/s Pareto scatter, and the load curve of a served model.
 
 Docs: https://energytok.github.io/energytok/figures.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/figures.html.md"""
 # %% auto #0
 __all__ = ['QUANTITIES', 'PALETTE', 'PALETTE_MORE', 'LINESTYLES', 'MARKERS', 'Plot', 'fig_text', 'quantity', 'axis_label',
            'palette', 'styles', 'box_strip', 'interaction_plot', 'forest_plot', 'qq_plot', 'residuals_vs_order',
-           'ecdf_plot', 'pareto_front', 'pareto_plot']
+           'ecdf_plot', 'pareto_front', 'pareto_plot', 'load_curve_table', 'load_curve']
 
 # %% ../nbs/36_figures.ipynb #008140b6
 import io, math, base64, html
@@ -338,3 +338,123 @@ def pareto_plot(table, # a `RunTable` of the metric (lower is better)
     cap = (f"Small points: {pts}; large points: configuration means ({'geometric ' if table.scale == 'log' else ''}mean of "
            f"{table.metric}, mean {throughput_label}); circled and dashed: the Pareto front ({int(front.sum())} of {k} configurations).")
     return Plot('pareto', cap, fig, meta={'pareto_front': list(means.loc[front, '_config'])})
+
+# %% ../nbs/36_figures.ipynb #06fb7f9c
+def _gpu_power_w(runs):
+    "Per run: power of the GPU domains (their energy over the duration) where recorded, else `avg_power_w`."
+    def one(r):
+        d = r.get('energy_by_domain_j') if isinstance(r.get('energy_by_domain_j'), dict) else {}
+        gpu = [v for k, v in d.items() if str(k).startswith('gpu:') and v is not None]
+        return sum(gpu) / r['duration_s'] if gpu and r.get('duration_s') else r.get('avg_power_w')
+    return pd.Series([one(r) for r in runs.to_dict('records')], index=runs.index, dtype=float)
+
+def load_curve_table(runs, # served-run records with `concurrency` (`energytok bench-serve`)
+                     hardware=None, # a `HardwareSpec` or a name in `HARDWARE`; default from `device_name`
+                     active_params:float=None, # parameters active per token (the compute ceiling needs them)
+                     dtype:str=None, # compute dtype for the peak; default the records' `dtype`, else bf16
+                     n_devices:int=None, # devices metered; default the GPU domains of `energy_by_domain_j` (at least 1)
+                    ) -> pd.DataFrame:
+    "Per concurrency: J/token (geometric mean and interval), tokens/s, power, and the TPF's ceilings and binding stave where known."
+    from energytok.checks import check_columns
+    from energytok.stats_describe import mean_ci
+    from energytok.production import HardwareSpec, hardware as hw_lookup, from_measurement
+    from energytok.metrics import hardware_for_device
+    check_columns('runs', runs, ['concurrency', 'j_per_token', 'tokens_per_s'])
+    closed = runs[runs['concurrency'].notna()].copy()
+    if not len(closed): raise ValueError("runs: no closed-loop runs (concurrency) to draw a load curve from")
+    closed['_power_w'] = _gpu_power_w(closed)
+    spec = hardware if isinstance(hardware, HardwareSpec) else hw_lookup(hardware) if hardware else None
+    name = closed['device_name'].dropna().iloc[0] if 'device_name' in closed and closed['device_name'].notna().any() else None
+    spec = spec or hardware_for_device(name)
+    recorded = closed['dtype'].dropna() if 'dtype' in closed else []
+    dt = dtype or (str(recorded.iloc[0]) if len(recorded) else 'bf16')
+    if n_devices is None:
+        doms = closed['energy_by_domain_j'].map(lambda d: sum(str(k).startswith('gpu:') for k in d) if isinstance(d, dict) else 0) \
+            if 'energy_by_domain_j' in closed else pd.Series([0])
+        n_devices = max(1, int(doms.max()))
+    rows = []
+    for c, g in closed.groupby('concurrency', sort=True):
+        j = g['j_per_token'].astype(float).dropna()
+        m, lo, hi = (math.exp(x) for x in mean_ci(np.log(j), 0.95)) if len(j) and (j > 0).all() else (math.nan,) * 3
+        q, pw = float(g['tokens_per_s'].mean()), float(g['_power_w'].mean())
+        row = dict(concurrency=int(c), n_runs=len(g), j_per_token=m, j_per_token_low=lo, j_per_token_high=hi, tokens_per_s=q,
+                   power_w=pw, compute_ceiling_tok_per_s=math.nan, power_ceiling_tok_per_s=math.nan, binding=None)
+        if spec is not None and q > 0 and pw > 0:
+            row['power_ceiling_tok_per_s'] = n_devices * spec.power_limit_w * q / pw
+            if active_params:
+                t = from_measurement(q, pw, spec, active_params, dtype=dt, n_devices=n_devices, batch_size=int(c))
+                row.update(compute_ceiling_tok_per_s=t.compute_ceiling_tok_per_s, power_ceiling_tok_per_s=t.result.power_ceiling_tok_per_s,
+                           binding=t.binding)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    why = ('' if spec is not None and active_params else f"no datasheet for device {name!r}" if spec is None else
+           'active parameters per token unknown: the compute ceiling and the binding constraint need them')
+    out.attrs.update(hardware=spec.name if spec else None, dtype=dt, dtype_assumed=not (dtype or len(recorded)), n_devices=n_devices,
+                     open_loop_runs=int(runs['concurrency'].isna().sum()), why=why)
+    return out
+
+def _y_scale(ax, values):
+    "A log y axis with plain labels when `values` span more than a factor of 3, else a linear one (a log axis within one decade has no labels)."
+    v = pd.to_numeric(pd.Series(values), errors='coerce').dropna()
+    v = v[v > 0]
+    if len(v) and v.max() / v.min() > 3: ax.set_yscale('log'); _plain_log_ticks(ax.yaxis)
+
+def load_curve(runs, # served-run records with `concurrency` (`energytok bench-serve`)
+               hardware=None, # a `HardwareSpec` or a name in `HARDWARE`; default from `device_name`
+               active_params:float=None, # parameters active per token (the compute ceiling needs them)
+               dtype:str=None, # compute dtype for the peak; default the records' `dtype`, else bf16
+               n_devices:int=None, # devices metered; default the GPU domains of `energy_by_domain_j`
+               energy_tag:str=None, # provenance label of the energy axis; default from the records
+              ) -> Plot:
+    "J/token and throughput against concurrency, with the TPF's compute and power ceilings where the hardware is known."
+    from matplotlib.figure import Figure
+    import seaborn as sns
+    tab = load_curve_table(runs, hardware, active_params, dtype, n_devices)
+    if energy_tag is None:
+        from energytok.card import energy_label
+        from energytok.metrics import energy_provenance
+        energy_tag = energy_label(*energy_provenance(runs[runs['concurrency'].notna()]))
+    closed = runs[runs['concurrency'].notna()]
+    colors = dict(compute='#4c72b0', power='#dd8452')
+    with sns.axes_style('whitegrid'):
+        fig = Figure(figsize=(7.5, 6.2), layout='constrained')
+        top, bot = fig.add_subplot(2, 1, 1), None
+        bot = fig.add_subplot(2, 1, 2, sharex=top)
+    x = tab['concurrency'].to_numpy(dtype=float)
+    top.scatter(closed['concurrency'], closed['j_per_token'], s=10, alpha=0.4, color='#1f4e79')
+    top.errorbar(x, tab['j_per_token'], yerr=[tab['j_per_token'] - tab['j_per_token_low'], tab['j_per_token_high'] - tab['j_per_token']],
+                 marker='o', capsize=3, color='#1f4e79', label='geometric mean, 95% interval')
+    _y_scale(top, pd.concat([closed['j_per_token'], tab['j_per_token_low'], tab['j_per_token_high']]))
+    top.set_ylabel(f"J/token (IT{', log axis' if top.get_yscale() == 'log' else ''})\n{energy_tag}", fontsize=8); top.legend(fontsize=8)
+    bot.scatter(closed['concurrency'], closed['tokens_per_s'], s=10, alpha=0.4, color='0.3')
+    mc = [colors.get(b, '0.3') for b in tab['binding']]
+    bot.plot(x, tab['tokens_per_s'], color='0.3', lw=1.2)
+    bot.scatter(x, tab['tokens_per_s'], c=mc, s=45, zorder=3, edgecolor='black', label='measured' + (' (colour: binding stave)' if tab['binding'].notna().any() else ''))
+    if tab['compute_ceiling_tok_per_s'].notna().any():
+        bot.plot(x, tab['compute_ceiling_tok_per_s'], ls='--', color=colors['compute'], label='compute ceiling (peak or memory roofline)')
+    if tab['power_ceiling_tok_per_s'].notna().any():
+        bot.plot(x, tab['power_ceiling_tok_per_s'], ls='--', color=colors['power'], label='power ceiling (power limit / J/token)')
+    changes = [(int(a.concurrency), int(b.concurrency), a.binding, b.binding)
+               for a, b in zip(tab.iloc[:-1].itertuples(), tab.iloc[1:].itertuples()) if a.binding and b.binding and a.binding != b.binding]
+    for ca, cb, fa, fb in changes:
+        xm = math.sqrt(ca * cb)
+        for ax in (top, bot): ax.axvline(xm, color='0.4', ls=':', lw=1.2)
+        bot.annotate(f'{fa} → {fb}', (xm, 0.02), xycoords=('data', 'axes fraction'), fontsize=8, ha='center',
+                     bbox=dict(boxstyle='round', fc='white', ec='0.6'))
+    bot.set_xscale('log', base=2)
+    _y_scale(bot, pd.concat([closed['tokens_per_s'], tab['compute_ceiling_tok_per_s'], tab['power_ceiling_tok_per_s']]))
+    bot.set_xticks(x, [f'{int(v)}' for v in x]); bot.minorticks_off() if len(x) > 8 else None
+    bot.set_xlabel('concurrency (requests in flight, log axis)')
+    bot.set_ylabel('output tokens/s' + (' (log axis)' if bot.get_yscale() == 'log' else ''))
+    bot.legend(fontsize=7, loc='upper left')
+    a = tab.attrs
+    if a['why']: cei = f"No TPF ceilings where not shown: {a['why']}."
+    else:
+        cei = (f"Ceilings for {a['hardware']} x{a['n_devices']} in {a['dtype']}{' (assumed: the records name no dtype)' if a['dtype_assumed'] else ''}"
+               + (f"; the binding constraint changes from {changes[0][2]} to {changes[0][3]} between concurrency {changes[0][0]} and {changes[0][1]}."
+                  if changes else f"; the binding constraint is {tab['binding'].iloc[0]} at every level."))
+    cap = (f"J/token (top) and output tokens/s (bottom) of {len(closed)} runs at {len(tab)} concurrency levels, over each level's "
+           f"steady state; energy {energy_tag}. {cei}" + (f" {a['open_loop_runs']} open-loop runs are not drawn." if a['open_loop_runs'] else ''))
+    return Plot('load_curve', cap, fig, meta=dict(concurrency=tab['concurrency'].tolist(), binding=tab['binding'].tolist(),
+                                                  changes=[dict(from_concurrency=ca, to_concurrency=cb, from_stave=fa, to_stave=fb)
+                                                           for ca, cb, fa, fb in changes]))

@@ -8,7 +8,7 @@ Docs: https://energytok.github.io/energytok/harness.html.md"""
 __all__ = ['CONFIG_LIMITS', 'best_device', 'check_device', 'RunConfig', 'ModelDims', 'builtin_dims', 'hf_dims', 'memory_estimate',
            'available_memory_bytes', 'check_fits', 'Backend', 'text_prompts', 'BuiltinBackend', 'CallableBackend',
            'truncate_at_stop', 'add_step', 'latency_stats', 'Generation', 'measure_generation', 'RunResult',
-           'run_result', 'hf_stream', 'HFBackend']
+           'run_result', 'left_pad', 'hf_stream', 'tiny_hf_model', 'hf_stop_token_ids', 'HFBackend']
 
 # %% ../nbs/23_harness.ipynb #d3910e29
 import time, inspect, functools, itertools
@@ -403,6 +403,9 @@ def run_result(gen:Generation, # a measured generation
     flags = list(gen.flags) + [f'{w.name}:{f}' for w in windows for f in (w.flags or [])]
     if missing: flags.insert(0, f"energy-missing: {', '.join(missing)} gave no valid reading (see the window flags), "
                                 "so the run's energy and J/token are not known")
+    meets_quality = q_star.check(quality) if q_star else None
+    if q_star and quality is None:  # no quality figure: nothing shows the target was met
+        meets_quality = False; flags.append('no-quality-figure: no token counts as good under the quality target')
     return RunResult(config=config, prefill_tokens=gen.prefill_tokens, decode_tokens=gen.decode_tokens,
         total_tokens=gen.prefill_tokens + gen.decode_tokens, prefill_s=gen.prefill_s, decode_s=gen.decode_s,
         duration_s=gen.duration_s, ttft_s=gen.prefill_s, **lat,
@@ -417,50 +420,128 @@ def run_result(gen:Generation, # a measured generation
         prefill_j_per_token=_div(gen.prefill.energy_j, gen.prefill_tokens) if gen.prefill else None,
         decode_j_per_token=_div(gen.decode.energy_j, dec_window_tokens) if gen.decode and dec_window_tokens > 0 else None,
         quality=quality, quality_metric=backend.quality_metric if quality is not None else None,
-        meets_quality=q_star.check(quality) if q_star else None,
+        meets_quality=meets_quality,
         meets_service=s_star.check(gen.prefill_s, lat['tpot_p90_s']) if s_star else None, flags=flags)
 
 # %% ../nbs/23_harness.ipynb #573899b5
-def hf_stream(model, # a causal LM called as model(input_ids=..., past_key_values=..., use_cache=True)
-              prompts:list, # token ids, one equal-length list per sequence
+def _forward_params(model) -> set:
+    "Names of the keyword arguments the model's forward pass takes."
+    try: return set(inspect.signature(getattr(model, 'forward', model)).parameters)
+    except (TypeError, ValueError): return set()
+
+def left_pad(prompts:list, # token ids, one list per sequence
+             pad_token_id:int, # the id padding is written with (masked out)
+            ) -> tuple:
+    "(ids, attention mask, position ids) as lists, prompts padded on the left to the longest; positions count real tokens only."
+    if not prompts or any(len(p) == 0 for p in prompts): raise ValueError(f"prompts: expected non-empty token lists, got lengths {[len(p) for p in prompts]}")
+    n = max(len(p) for p in prompts)
+    ids = [[pad_token_id] * (n - len(p)) + list(p) for p in prompts]
+    mask = [[0] * (n - len(p)) + [1] * len(p) for p in prompts]
+    pos = [[0] * (n - len(p)) + list(range(len(p))) for p in prompts]
+    return ids, mask, pos
+
+def hf_stream(model, # a causal LM: a transformers model, or any callable taking input_ids and a cache keyword
+              prompts:list, # token ids, one list per sequence (lengths may differ)
               new_tokens:int, # most tokens per sequence
               stop_token_ids=(), # ids that end a sequence
               device:str='cpu', # where the inputs go
+              pad_token_id:int=0, # id used to left-pad shorter prompts (masked out)
              ):
-    "Greedy generation with a Hugging Face-style KV cache, yielding one token per sequence per step (None once stopped)."
+    "Greedy generation with a KV cache object, yielding one token per sequence per step (None once stopped)."
     import torch
-    ids = torch.tensor(prompts, dtype=torch.long, device=device)
+    params = _forward_params(model)
+    key = 'cache' if 'cache' in params else 'past_key_values'
+    masked = 'attention_mask' in params
+    ids, mask, pos = left_pad(prompts, pad_token_id)
+    if not masked and any(len(p) != len(ids[0]) for p in prompts):
+        raise ValueError("prompts: of unequal lengths need a model that takes attention_mask; pad them to one length or use a transformers model")
+    ids, mask, pos = (torch.tensor(x, dtype=torch.long, device=device) for x in (ids, mask, pos))
+    cache = None
+    if getattr(model, 'config', None) is not None and hasattr(model, 'generation_config'):  # a transformers model
+        from transformers import DynamicCache
+        cache = DynamicCache(config=model.config)
     stops = torch.tensor(sorted(set(stop_token_ids)) or [-1], device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    past = None
     with torch.inference_mode():
         for step in range(new_tokens):
-            out = model(input_ids=ids, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+            extra = dict(attention_mask=mask) if masked else {}
+            if masked and 'position_ids' in params: extra['position_ids'] = pos
+            out = model(input_ids=ids, use_cache=True, **{key: cache}, **extra)
+            cache, nxt = getattr(out, key), out.logits[:, -1].argmax(-1)
             yield [None if d else t for d, t in zip(done.tolist(), nxt.tolist())]
             done |= torch.isin(nxt, stops)
             if bool(done.all()): return
             ids = nxt[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+
+# %% ../nbs/23_harness.ipynb #ce6a5bab
+def tiny_hf_model(folder, # where to write the model (created if needed)
+                  n_layers:int=2, # transformer layers
+                  d_model:int=64, # width
+                  vocab_size:int=512, # tokenizer size, special tokens included
+                  seed:int=0, # seed of the random weights
+                  text_path=None, # text the tokenizer is trained on; None: the held-out verses shipped with energytok
+                 ) -> Path:
+    "A random-initialised Llama and a byte-level BPE tokenizer trained on public-domain text, saved as a local Hugging Face folder."
+    import torch, transformers
+    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
+    from energytok.model import ASSETS
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<s>', '</s>', '<pad>'], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(text_path or ASSETS/'kjv-heldout.txt')], trainer)
+    tok.post_processor = processors.TemplateProcessing(single='<s> $A', pair='<s> $A <s> $B', special_tokens=[('<s>', tok.token_to_id('<s>'))])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<s>', eos_token='</s>', pad_token='<pad>')
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}assistant:{% endif %}")
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=len(fast), hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                   bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+# %% ../nbs/23_harness.ipynb #76660e48
+def hf_stop_token_ids(path # a local Hugging Face model folder
+                     ) -> tuple:
+    "The model's end-of-sequence token ids, from its generation_config.json (else config.json); () when it names none."
+    import json
+    p = Path(path)
+    for name in ('generation_config.json', 'config.json'):
+        f = p/name
+        if f.exists():
+            eos = json.loads(f.read_text()).get('eos_token_id')
+            if eos is not None: return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
+    return ()
 
 class HFBackend(Backend):
     "A local Hugging Face causal LM folder, run with `transformers` (which must be installed)."
-    def __init__(self, path, # folder with config.json and weights
+    def __init__(self, path, # folder with config.json, weights and a tokenizer
                  device:str='cpu', dtype:str='fp32', quantization:str='none'):
         try:
             import transformers
         except ImportError as e:
             raise ImportError(f"model: {str(path)!r} is a Hugging Face model folder, which needs the `transformers` "
-                              "package; install it (pip install transformers) or use the built-in model 'tinylm-kjv'") from e
+                              "package; install it (pip install 'energytok[hf]') or use the built-in model 'tinylm-kjv'") from e
         from energytok.model import torch_dtype, apply_precision
         p = Path(path)
         if not (p/'config.json').exists(): raise FileNotFoundError(f"model: {p} has no config.json; expected a local Hugging Face model folder")
         self.name, self.device, self.dtype, self.quantization = p.name, check_device(device), dtype, quantization
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(p, local_files_only=True)
-        m = transformers.AutoModelForCausalLM.from_pretrained(p, local_files_only=True, torch_dtype=torch_dtype(dtype))
+        m = transformers.AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch_dtype(dtype))
         self.model = apply_precision(m, dtype, quantization, self.device)
         self.max_seq_len = getattr(m.config, 'max_position_embeddings', None)
+        eos = getattr(m.generation_config, 'eos_token_id', None)
+        self.stop_token_ids = tuple(int(t) for t in (eos if isinstance(eos, (list, tuple)) else [eos])) if eos is not None else hf_stop_token_ids(p)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else (self.stop_token_ids[0] if self.stop_token_ids else 0)
         from energytok.model import heldout_ids, ByteTokenizer
-        self._ids = self.tokenizer.encode(ByteTokenizer().decode(heldout_ids()))
+        self._ids = self.tokenizer.encode(ByteTokenizer().decode(heldout_ids()), add_special_tokens=False)
 
     def prompts(self, batch_size, prompt_tokens): return text_prompts(self._ids, batch_size, prompt_tokens)
-    def generate(self, prompts, new_tokens, stop_token_ids=()): return hf_stream(self.model, prompts, new_tokens, stop_token_ids, self.device)
+    def generate(self, prompts, new_tokens, stop_token_ids=()):
+        return hf_stream(self.model, prompts, new_tokens, stop_token_ids, self.device, self.pad_token_id)

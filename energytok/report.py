@@ -240,6 +240,8 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
         if throughput in runs and throughput != t.metric and not runs[throughput].isna().any():
             rep.plots.append(F.pareto_plot(t, runs[throughput].to_numpy(dtype=float), label, throughput, max_points, seed))
         elif throughput != t.metric: notes.append(f"no Pareto figure: the table has no complete {throughput!r} column")
+        if 'concurrency' in runs and runs['concurrency'].notna().any():  # served runs (`energytok bench-serve`)
+            rep.plots.append(F.load_curve(runs, hardware=hardware, active_params=active_params))
         for p in rep.plots: p.png()
         lap('figures')
     if cards is None: cards = 'j_per_token' in runs
