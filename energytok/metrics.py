@@ -164,7 +164,7 @@ def good_runs(runs, # a table of runs (`load_runs`)
              ):
     "Boolean Series: the runs whose tokens are good (meeting q* and s*, a missing verdict counting as met)."
     check_columns('runs', runs, ['quality', 'ttft_s', 'tpot_p90_s', 'meets_quality', 'meets_service'])
-    mq = runs.quality.map(q_star.check) if q_star else runs.meets_quality
+    mq = runs.quality.map(lambda q: bool(q_star.check(q))) if q_star else runs.meets_quality  # no quality figure: not shown good
     ms = runs.apply(lambda r: s_star.check(r.ttft_s, r.tpot_p90_s), axis=1) if s_star else runs.meets_service
     return (mq.map(lambda v: v is not False) & ms.map(lambda v: v is not False)).astype(bool)
 

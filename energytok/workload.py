@@ -18,7 +18,7 @@ from .checks import check_positive, check_range, check_int, check_pue, check_nam
 from .store import (RunStore, folder_lock, make_record, run_key, utc_now, write_json_atomic, load_runs, QualityTarget,
                              ServiceTarget, _canonical)
 from .harness import (RunConfig, Backend, BuiltinBackend, HFBackend, measure_generation, run_result, best_device,
-                               builtin_dims, hf_dims, check_fits)
+                               builtin_dims, hf_dims, check_fits, hf_stop_token_ids)
 
 # %% ../nbs/24_workload.ipynb #638ffa25
 FACTORS = tuple(f.name for f in fields(RunConfig))
@@ -390,7 +390,14 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
     models = _parse_list('model', model)
     dev = device or best_device()
     base = dict(device=dev, threads=threads if threads is not None else (1 if dev == 'cpu' else None))
-    if stop and all(m == BUILTIN_NAME for m in models): base['stop_token_ids'] = (builtin_meta()['tokenizer']['stop_token_id'],)
+    if stop:  # each model's own end of sequence: a newline for the built-in model, generation_config's eos_token_id for a folder
+        ids = {m: (builtin_meta()['tokenizer']['stop_token_id'],) if m == BUILTIN_NAME else hf_stop_token_ids(m)
+               for m in models if m == BUILTIN_NAME or Path(m).is_dir()}
+        if len(set(ids.values())) > 1:
+            raise ValueError(f"stop: these models end a sequence with different tokens ({ids}); measure them in separate sweeps")
+        if ids and not next(iter(ids.values())):
+            raise ValueError(f"stop: {next(iter(ids))!r} names no end-of-sequence token (eos_token_id in generation_config.json)")
+        if ids: base['stop_token_ids'] = next(iter(ids.values()))
     factors = dict(model=models, dtype=_parse_list('dtype', dtype), batch_size=_parse_list('batch_size', batch_size, int),
                    prompt_tokens=_parse_list('prompt_tokens', prompt_tokens, int), new_tokens=_parse_list('new_tokens', new_tokens, int),
                    quantization=_parse_list('quantization', quantization))
