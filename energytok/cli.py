@@ -17,6 +17,7 @@ COMMANDS = {
     'tpf':     ('energytok.production', 'tpf_cli',     'Evaluate the Token Production Function and name the binding constraint'),
     'report':  ('energytok.report',     'report_cli',  'Write the energy-to-token report for a results file or folder'),
     'compare': ('energytok.report',     'compare_cli', 'Compare configurations in any table of runs (ANOVA, pairwise, power)'),
+    'meter-agent': ('energytok.distributed', 'meter_agent_cli', "Meter this node for rank 0 of a torchrun job (a served model's other nodes)"),
 }
 
 # %% ../nbs/90_cli.ipynb #d60270c0
