@@ -57,7 +57,8 @@ def simulated_records(runs:pd.DataFrame=None, # a `simulate_runs` table; default
                quality=3.2 + 0.01 * (dtype != 'fp32') + rng.normal(0, 0.01, n), quality_metric='heldout_loss_nats',
                meets_quality=None, meets_service=None, energytok_version=energytok.__version__, torch_version=None,
                device_name=device_name, driver_version=None, power_limit_w=power_limit_w, temp_before_c=None,
-               temp_after_c=None, hostname='simulated', flags=[['simulated'] for _ in range(n)])
+               temp_after_c=None, hostname='simulated', world_size=1, n_nodes=1, rank_tokens=[[int(d)] for d in decode],
+               energy_by_node_j=None, nodes=None, flags=[['simulated'] for _ in range(n)])
     out = pd.DataFrame({c: rec[c] for c in RUN_COLUMNS}, index=runs.index)
     extra = [c for c in runs.columns if c not in out.columns and c != 'simulated']
     return pd.concat([out, runs[extra]], axis=1).reset_index(drop=True)

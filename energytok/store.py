@@ -40,6 +40,8 @@ RUN_COLUMNS = (
     # environment
     'energytok_version', 'torch_version', 'device_name', 'driver_version', 'power_limit_w',
     'temp_before_c', 'temp_after_c', 'hostname',
+    # job (one process: world_size 1, n_nodes 1; under torchrun: tokens of each rank, energy of each node, the nodes)
+    'world_size', 'n_nodes', 'rank_tokens', 'energy_by_node_j', 'nodes',
     'flags',
 )
 
