@@ -14,6 +14,7 @@ import argparse, os, sys, importlib
 COMMANDS = {
     'run':     ('energytok.workload',   'run_cli',     'Run a sweep on a model under the meter and write one record per run'),
     'bench-serve': ('energytok.serving', 'bench_serve_cli', 'Measure an OpenAI-compatible server under load: one record per load level'),
+    'meter-agent': ('energytok.distributed', 'meter_agent_cli', "Meter this node for rank 0 of a torchrun job (a served model's other nodes)"),
     'sensors': ('energytok.sensors',    'sensors_cli', 'List what this machine can measure, how, and why a sensor is absent'),
     'tpf':     ('energytok.production', 'tpf_cli',     'Evaluate the Token Production Function and name the binding constraint'),
     'report':  ('energytok.report',     'report_cli',  'Write the energy-to-token report for a results file or folder'),

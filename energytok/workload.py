@@ -6,8 +6,9 @@ Docs: https://energytok.github.io/energytok/workload.html.md"""
 
 # %% auto #0
 __all__ = ['FACTORS', 'SWEEP_LIMITS', 'WIDTH', 'Sweep', 'PlannedRun', 'plan', 'check_models', 'make_backend', 'device_sensor',
-           'environment', 'temperature_c', 'run_record', 'SweepResult', 'run_sweep', 'summary_table', 'estimate_notice',
-           'compact_summary', 'format_summary', 'run_cli']
+           'environment', 'temperature_c', 'run_record', 'job_shape', 'replica_prompts', 'gather_generation',
+           'job_fields', 'SweepResult', 'run_sweep', 'summary_table', 'estimate_notice', 'compact_summary',
+           'format_summary', 'run_cli']
 
 # %% ../nbs/24_workload.ipynb #e7038855
 import sys, time, random, itertools, hashlib, json, socket, platform, errno, importlib.util
@@ -17,12 +18,12 @@ from fastcore.script import call_parse
 from .checks import check_positive, check_range, check_int, check_pue, check_name, NAME_MAX
 from .store import (RunStore, folder_lock, make_record, run_key, utc_now, write_json_atomic, load_runs, QualityTarget,
                              ServiceTarget, _canonical)
-from .harness import (RunConfig, Backend, BuiltinBackend, HFBackend, measure_generation, run_result, best_device,
-                               builtin_dims, hf_dims, check_fits, hf_stop_token_ids)
+from .harness import (RunConfig, Backend, BuiltinBackend, HFBackend, Generation, measure_generation, run_result, best_device,
+                               builtin_dims, hf_dims, check_fits, hf_stop_token_ids, _sum_dicts)
 
 # %% ../nbs/24_workload.ipynb #638ffa25
 FACTORS = tuple(f.name for f in fields(RunConfig))
-SWEEP_LIMITS = dict(repetitions=100_000, warmup=1000, idle_s=3600.0, cooldown_s=3600.0)  # upper bounds; beyond is a typo
+SWEEP_LIMITS = dict(repetitions=100_000, warmup=1000, idle_s=3600.0, cooldown_s=3600.0, world_size=65_536)  # upper bounds; beyond is a typo
 
 @dataclass
 class Sweep:
@@ -38,6 +39,7 @@ class Sweep:
     q_star:QualityTarget=None # quality target for good tokens
     s_star:ServiceTarget=None # service target for good tokens
     name:str='sweep' # first part of the sweep id
+    world_size:int=1 # data-parallel replicas of each run (ranks under torchrun); `batch_size` is per replica
 
     def __post_init__(self):
         if not isinstance(self.factors, dict) or not self.factors: raise ValueError(f"factors: expected a non-empty dict, got {self.factors!r}")
@@ -55,6 +57,7 @@ class Sweep:
         self.warmup = check_int('warmup', self.warmup, 0, SWEEP_LIMITS['warmup'])
         check_range('idle_s', self.idle_s, 0, SWEEP_LIMITS['idle_s']); check_range('cooldown_s', self.cooldown_s, 0, SWEEP_LIMITS['cooldown_s'])
         check_pue('pue', self.pue); check_name('name', self.name)
+        self.world_size = check_int('world_size', self.world_size, 1, SWEEP_LIMITS['world_size'])
         self.factors = {k: list(v) for k, v in self.factors.items()}
 
     def configs(self) -> list:
@@ -63,9 +66,10 @@ class Sweep:
         return [RunConfig(**self.base, **dict(zip(keys, vals))) for vals in itertools.product(*self.factors.values())]
 
     def spec(self) -> dict:
-        "Everything that defines the records: the configurations, repetitions, seed, PUE and targets."
+        "Everything that defines the records: the configurations, repetitions, seed, PUE, targets and replicas per run."
         return dict(configs=[c.key() for c in self.configs()], repetitions=self.repetitions, seed=self.seed, pue=self.pue,
-                    q_star=asdict(self.q_star) if self.q_star else None, s_star=asdict(self.s_star) if self.s_star else None)
+                    q_star=asdict(self.q_star) if self.q_star else None, s_star=asdict(self.s_star) if self.s_star else None,
+                    **({'world_size': self.world_size} if self.world_size > 1 else {}))  # one process: absent, so its ids stand
 
     @property
     def sweep_id(self) -> str:
@@ -169,11 +173,56 @@ def run_record(planned:PlannedRun, # the run's place in the sweep
                env:dict, # from `environment`
                temp_before_c=None, # device temperature before the run, °C
                temp_after_c=None, # device temperature after the run, °C
+               job:dict=None, # the job's columns from `job_fields` (None: one process)
               ) -> dict:
     "The run record (`energytok.store.RUN_COLUMNS`) of one measured run."
     d = result.to_dict()
+    job = job or dict(world_size=1, n_nodes=1, rank_tokens=[result.decode_tokens], energy_by_node_j=None, nodes=None)
     return make_record(run_id=planned.run_id, sweep_id=sweep_id, timestamp=utc_now(), repetition=planned.repetition,
-                       order_index=planned.order_index, **d, **env, temp_before_c=temp_before_c, temp_after_c=temp_after_c)
+                       order_index=planned.order_index, **d, **env, temp_before_c=temp_before_c, temp_after_c=temp_after_c, **job)
+
+# %% ../nbs/24_workload.ipynb #d58f8b75
+def job_shape(meter) -> tuple:
+    "(rank, world size) of the job `meter` meters: (0, 1) for a one-process `Meter`."
+    return getattr(meter, 'rank', 0), getattr(meter, 'world_size', 1)
+
+def replica_prompts(backend:Backend, # what produces the tokens
+                    config:RunConfig, # batch size and prompt length per replica
+                    meter, # the run's meter
+                   ) -> list|None:
+    "This rank's prompts: its slice of `world_size` x `batch_size` prompts, so replicas generate from different text (None in one process)."
+    rank, world = job_shape(meter)
+    if world == 1: return None
+    b = config.batch_size
+    return backend.prompts(b * world, config.prompt_tokens)[rank * b:(rank + 1) * b]
+
+def gather_generation(gen:Generation, # this rank's generation
+                      meter, # the run's meter
+                     ) -> Generation|None:
+    "Rank 0: the job's `Generation` (every replica's sequences in rank order, the slowest replica's times, the job's windows); other ranks: None."
+    rank, world = job_shape(meter)
+    if world == 1: return gen
+    parts = meter.gather(dict(tokens=gen.tokens, prefill_s=gen.prefill_s, decode_s=gen.decode_s, duration_s=gen.duration_s,
+                              step_s=gen.step_s, flags=gen.flags))
+    if rank: return None
+    if None in parts:
+        from energytok.distributed import DistributedMeterError
+        raise DistributedMeterError(f"rank(s) {[r for r, p in enumerate(parts) if p is None]} did not report their tokens "
+                                    f"({'; '.join(f'rank {r} {why}' for r, why in meter.lost.items())}): the run cannot be counted")
+    slowest = lambda k: None if any(p[k] is None for p in parts) else max(p[k] for p in parts)
+    return Generation([t for p in parts for t in p['tokens']], gen.prompt_tokens, slowest('prefill_s'), slowest('decode_s'),
+                      slowest('duration_s'), [s for p in parts for s in p['step_s']], gen.prefill, gen.decode, gen.whole,
+                      sorted({f for p in parts for f in p['flags']}))
+
+def job_fields(meter, # the `DistributedMeter` of the run
+               gen:Generation, # the job's generation (from `gather_generation`)
+               config:RunConfig, # its configuration
+              ) -> dict:
+    "The record's job columns: world size, node count, generated tokens per rank, energy per node, the nodes."
+    b, windows = config.batch_size, [w for w in (gen.prefill, gen.decode, gen.whole) if w is not None]
+    return dict(world_size=meter.world_size, n_nodes=len(meter.nodes),
+                rank_tokens=[sum(len(t) for t in gen.tokens[r * b:(r + 1) * b]) for r in range(meter.world_size)],
+                energy_by_node_j=_sum_dicts(*(w.energy_by_node_j for w in windows)), nodes=meter.node_info())
 
 # %% ../nbs/24_workload.ipynb #3a195a62
 @dataclass
@@ -200,20 +249,26 @@ def _manifest(sweep:Sweep, runs:list) -> dict:
 def run_sweep(sweep:Sweep, # the design
               out='results', # folder that holds one subfolder per sweep
               backends:dict=None, # model name -> Backend or factory(config) -> Backend
-              meter=None, # a `Meter` to use (started or not); None makes one over `available_sensors()`
+              meter=None, # a `Meter` (started or not), or a `DistributedMeter` on every rank of a job; None makes a `Meter()`
               progress:bool=True, # show a progress bar
-             ) -> SweepResult:
-    "Measure every run of `sweep` not yet on disk, appending one record per completed run; the sweep's folder is locked meanwhile."
+             ) -> SweepResult|None:
+    "Measure every run of `sweep` not yet on disk, appending one record per completed run; the sweep's folder is locked meanwhile. In a job, rank 0 alone reads and writes (the other ranks return None)."
     runs = plan(sweep)
     check_models(sweep.configs(), backends)
+    rank, world = job_shape(meter)
+    if world != sweep.world_size: raise ValueError(f"meter: the sweep has world_size {sweep.world_size} but the meter's job has {world} rank(s)")
     folder = Path(out)/sweep.sweep_id
-    if Path(out).exists() and not Path(out).is_dir(): raise NotADirectoryError(errno.ENOTDIR, 'not a folder', str(out))
-    with folder_lock(folder):
-        return _run_locked(sweep, runs, folder, backends, meter, progress)
+    try:
+        if rank: return _measure(sweep, [runs[i] for i in meter.broadcast()], backends, meter)  # the runs rank 0 says remain
+        if Path(out).exists() and not Path(out).is_dir(): raise NotADirectoryError(errno.ENOTDIR, 'not a folder', str(out))
+        with folder_lock(folder):
+            return _run_locked(sweep, runs, folder, backends, meter, progress)
+    except BaseException as e:
+        if world > 1: meter.leave(f'{type(e).__name__}: {e}')  # the other ranks stop at their next edge, with this reason
+        raise
 
 def _run_locked(sweep, runs, folder, backends, meter, progress) -> SweepResult:
     "`run_sweep`'s work once the folder is locked: resume from the records on disk, measure the rest."
-    from tqdm import tqdm
     man_path = folder/'sweep.json'
     if man_path.exists():
         try: old = json.loads(man_path.read_text())
@@ -226,14 +281,21 @@ def _run_locked(sweep, runs, folder, backends, meter, progress) -> SweepResult:
     todo = [r for r in runs if r.run_id not in done]
     write_json_atomic(man_path, _manifest(sweep, runs))
     res = SweepResult(sweep.sweep_id, store.path, len(runs), 0, len(runs) - len(todo))
-    if not todo: return res
+    if job_shape(meter)[1] > 1: meter.broadcast([r.order_index for r in todo])
+    return _measure(sweep, todo, backends, meter, store, res, progress)
+
+def _measure(sweep, todo, backends, meter, store=None, res=None, progress=False) -> SweepResult|None:
+    "Warm up and measure the runs `todo` (this rank's replica of each, in a job); the rank with the `store` appends each record."
+    from tqdm import tqdm
     from energytok.meter import Meter
-    own = meter is None
+    if not todo: return res
+    rank = job_shape(meter)[0]
     meter = meter or Meter()
     was_running = meter.running
     if not was_running: meter.start()
     try:
-        if sweep.idle_s: res.idle = meter.measure_idle(sweep.idle_s)
+        idle = meter.measure_idle(sweep.idle_s) if sweep.idle_s else None
+        if res is not None: res.idle = idle
         backends_cache, envs = {}, {}
         def backend_for(c):
             k = (c.model, c.device, c.dtype, c.quantization)
@@ -241,18 +303,20 @@ def _run_locked(sweep, runs, folder, backends, meter, progress) -> SweepResult:
             return backends_cache[k]
         for c in dict.fromkeys(r.config for r in todo):  # warm-up, discarded
             b = backend_for(c)
-            for _ in range(sweep.warmup): measure_generation(b, c, meter)
-            b.quality()  # evaluated once per precision, outside the measured runs
-        bar = tqdm(todo, desc=sweep.sweep_id, unit='run', disable=not progress, file=sys.stderr)
+            for _ in range(sweep.warmup): measure_generation(b, c, meter, replica_prompts(b, c, meter))
+            if not rank: b.quality()  # evaluated once per precision, outside the measured runs
+        bar = tqdm(todo, desc=sweep.sweep_id, unit='run', disable=not progress or bool(rank), file=sys.stderr)
         for i, r in enumerate(bar):
             if sweep.cooldown_s and i: time.sleep(sweep.cooldown_s)
             c, b = r.config, backend_for(r.config)
             if c.device not in envs: envs[c.device] = environment(c.device, meter.sensors)
             t0 = temperature_c(meter.sensors, c.device)
-            gen = measure_generation(b, c, meter)
+            gen = gather_generation(measure_generation(b, c, meter, replica_prompts(b, c, meter)), meter)
             t1 = temperature_c(meter.sensors, c.device)
+            if gen is None: continue  # another rank: rank 0 records the run
             result = run_result(gen, c, b, sweep.pue, sweep.q_star, sweep.s_star)
-            store.append(run_record(r, sweep.sweep_id, result, envs[c.device], t0, t1))
+            job = job_fields(meter, gen, c) if hasattr(meter, 'nodes') else None
+            store.append(run_record(r, sweep.sweep_id, result, envs[c.device], t0, t1, job))
             res.measured += 1
             jpt = 'energy MISSING' if result.j_per_token is None else f"{result.j_per_token:.3g} J/token"
             bar.set_postfix_str(f"{c.dtype} bs={c.batch_size}: {jpt}{' (estimated)' if result.estimated else ''}")
@@ -384,11 +448,15 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
             quiet:bool=False, # no progress bar
             wide:bool=False, # print every column of the summary (default: a compact table that fits 100 columns)
            ) -> int:
-    "Run a sweep under the meter, write one record per run, and print a summary with provenance."
+    "Run a sweep under the meter, write one record per run, and print a summary with provenance; under torchrun, one replica per rank."
     from energytok.model import BUILTIN_NAME, builtin_meta
+    from energytok.distributed import init_from_env, DistributedMeter, DistributedMeterError
     import pandas as pd
     models = _parse_list('model', model)
+    dm = DistributedMeter() if init_from_env() else None  # in a torchrun job: one meter per node, every rank a replica
+    rank, world = job_shape(dm)
     dev = device or best_device()
+    if dm is not None and dev.startswith('cuda') and device in (None, 'cuda'): dev = f'cuda:{dm.me.local_rank or 0}'  # each rank its GPU
     base = dict(device=dev, threads=threads if threads is not None else (1 if dev == 'cpu' else None))
     if stop:  # each model's own end of sequence: a newline for the built-in model, generation_config's eos_token_id for a folder
         ids = {m: (builtin_meta()['tokenizer']['stop_token_id'],) if m == BUILTIN_NAME else hf_stop_token_ids(m)
@@ -407,13 +475,22 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
     sweep = Sweep(factors, repetitions, base=base, seed=seed, warmup=warmup, idle_s=idle_s, cooldown_s=cooldown_s, pue=pue,
                   q_star=QualityTarget(max_loss) if max_loss is not None else None,
                   s_star=ServiceTarget(max_ttft_s, max_tpot_s) if max_ttft_s is not None or max_tpot_s is not None else None,
-                  name=name + stamp)
+                  name=name + stamp, world_size=world)
     t0 = time.perf_counter()
-    try: res = run_sweep(sweep, out, progress=not quiet)
+    try:
+        res = run_sweep(sweep, out, meter=dm, progress=not quiet)
+        if dm is not None: dm.close()
     except KeyboardInterrupt:
         print(f"interrupted: completed runs are saved in {Path(out)/sweep.sweep_id/'runs.jsonl'}; run the same command to resume",
               file=sys.stderr)
         return 130
+    except DistributedMeterError as e:
+        print(f"energytok run: error: rank {rank}: {e}; completed runs are saved, run the same command to resume", file=sys.stderr)
+        return 1
+    if dm is not None:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    if rank: return 0  # rank 0 reports for the job
     import textwrap
     runs = res.runs()
     lines = [f"sweep {res.sweep_id}: {res.measured} runs measured ({time.perf_counter() - t0:.1f} s), {res.planned} planned"]
@@ -421,6 +498,8 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
         lines = [f"sweep {res.sweep_id} resumed: {res.skipped} of {res.planned} runs were already on disk and are reused, "
                  f"{res.measured} measured now; add --new to start a fresh sweep of the same design"]
     lines.append(f"records: {res.path}")
+    if dm is not None: lines.append(f"job: {world} rank(s) on {len(dm.nodes)} node(s), each run {world} replica(s) of batch size "
+                                    f"{batch_size}; tokens summed over ranks, energy of every node")
     if res.idle is not None: lines.append(f"idle baseline: {res.idle.power_w:.2f} W ({'+'.join(sorted(set(res.idle.provenance.values())))})")
     note = estimate_notice(runs)
     if note: lines.append(note)
