@@ -177,9 +177,12 @@ def test_permission_denied_as_an_unprivileged_user(tmp_path):
     if os.geteuid() != 0 or not shutil.which('setpriv'): pytest.skip('needs root and setpriv to run as another user')
     locked = tmp_path/'locked'; locked.mkdir(mode=0o755)
     tmp_path.chmod(0o755)
-    p = subprocess.run(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', EXE, 'run', *TINY, '--repetitions', '1',
-                        '--out', str(locked/'results')], capture_output=True, text=True, timeout=300, env={**os.environ, 'HOME': '/tmp'})
-    if 'Traceback' in p.stderr and 'energytok' not in p.stderr: pytest.skip(f'the unprivileged user cannot run energytok here: {p.stderr[-300:]}')
+    nobody = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
+    env = {**os.environ, 'HOME': '/tmp'}
+    probe = subprocess.run(nobody + [EXE, '--version'], capture_output=True, text=True, timeout=120, env=env)
+    if probe.returncode != 0: pytest.skip(f'the unprivileged user cannot run energytok here (its venv is private): {probe.stderr[-200:]}')
+    p = subprocess.run(nobody + [EXE, 'run', *TINY, '--repetitions', '1', '--out', str(locked/'results')],
+                       capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 1 and one_line_error(p.stderr, str(locked/'results'), 'EACCES'), p.stderr
 
 
