@@ -378,3 +378,21 @@ def test_broken_pipe_is_quiet(tmp_path):
     p = subprocess.run(f"'{EXE}' compare '{tmp_path/'t.csv'}' --metric y --by cfg | head -1", shell=True,
                        capture_output=True, text=True, timeout=300)
     assert 'Traceback' not in p.stderr and 'BrokenPipe' not in p.stderr, p.stderr
+
+
+def test_permission_denied_for_a_report_in_process():
+    if os.geteuid() != 0: pytest.skip('needs root to act as another user')
+    import tempfile
+    top = Path(tempfile.mkdtemp(dir='/tmp'))  # outside pytest's private folder, so another user can read the table
+    try:
+        top.chmod(0o755)
+        pd.DataFrame(dict(cfg=['a'] * 5 + ['b'] * 5, y=np.linspace(1, 2, 10))).to_csv(top/'t.csv', index=False)
+        (top/'t.csv').chmod(0o644)
+        locked = top/'locked'; locked.mkdir(mode=0o755)
+        assert cli('compare', top/'t.csv', '--metric', 'y', '--by', 'cfg', '--out', top/'warm')[0] == 0  # every import done as root
+        os.seteuid(65534)  # this process's file access as nobody: the folder is root's and not writable by others
+        try: rc, _, err = cli('compare', top/'t.csv', '--metric', 'y', '--by', 'cfg', '--out', locked/'report')
+        finally: os.seteuid(0)
+        assert rc == 1 and one_line_error(err, str(locked/'report'), 'EACCES'), err
+        assert not list(locked.iterdir())
+    finally: shutil.rmtree(top)
