@@ -17,10 +17,10 @@ import pandas as pd
 from fastcore.script import call_parse
 from fastcore.basics import patch
 from .checks import check_choice, check_fraction
-from .stats_describe import prepare_runs, describe_runs, markdown_table, fmt_number, table_records, plain, as_factors
+from .stats_describe import prepare_runs, describe_runs, markdown_table, fmt_number, table_records, plain, as_factors, variation_problem
 from .stats_anova import anova, welch_anova, check_assumptions
-from .stats_compare import pairwise, PAIRWISE_METHODS
-from .stats_power import power_analysis, equivalence, VERDICTS
+from .stats_compare import pairwise, compare_two, mixed_model, paired_t, signed_rank, PAIRWISE_METHODS
+from .stats_power import power_analysis, tost, verdict, VERDICTS
 from .card import energy_label, energy_card, sweep_factors
 from .metrics import energy_provenance
 
@@ -110,49 +110,123 @@ class ComparisonReport:
     "Everything the statistics say about one metric of a sweep, with figures and cards; renders to markdown, HTML, JSON."
     title: str # report title
     metric: str; by: list; scale: str; alpha: float; ci: float # what and how
-    header: dict # `provenance_header`
+    header: dict # `provenance_header`, with the runs analysed and left out
     energy_tag: str # the metric's provenance label when it is an energy figure, else None
-    configs: pd.DataFrame # per-configuration descriptives with provenance
-    descriptives: object # `Descriptives`
-    assumptions: object # `AssumptionChecks`
+    configs: pd.DataFrame # per-configuration descriptives with provenance (None if not computed)
+    descriptives: object # `Descriptives` (None if not computed)
+    assumptions: object # `AssumptionChecks` (None if not computed)
     anova: object = None # `AnovaResult` (None with one configuration)
     welch: object = None # `WelchAnovaResult`
     pairwise: object = None # `PairwiseResult`
-    equivalence: pd.DataFrame = None # TOST verdict per pair
+    equivalence: pd.DataFrame = None # TOST verdict per pair, its difference verdict the pairwise family's
     margin: float = None # equivalence margin
     power: object = None # `PowerResult`
     cards: list = field(default_factory=list) # `EnergyCard` per configuration
     plots: list = field(default_factory=list) # `Plot`s
     notes: list = field(default_factory=list) # caveats
     timings: dict = field(default_factory=dict) # seconds per stage
+    typ: int = 2 # ANOVA sums of squares type
+    blocks: list = field(default_factory=list) # block factors of the models
+    pair: str = None # the column pairing runs across configurations
+    two: object = None # `TwoGroupResult`: Welch's (or the paired) t-test when there are two configurations
+    paired: pd.DataFrame = None # paired t-test and signed-rank test of every pair of configurations (with `pair`)
+    mixed: object = None # `MixedResult`: random intercept per host
+    excluded: pd.DataFrame = None # per configuration: runs left out (metric missing) and why
+    not_analysed: dict = field(default_factory=dict) # configuration -> why it was not analysed
+    not_computed: dict = field(default_factory=dict) # report stage -> why it could not be computed
+    method_reason: str = None # why the pairwise method was chosen
 
     @property
     def estimated(self) -> bool: return bool(self.energy_tag and self.energy_tag.startswith('ESTIMATE'))
 
+    @property
+    def n_left_out(self) -> int:
+        "Runs of the table not in the statistics."
+        return 0 if self.excluded is None else int(self.excluded['left_out'].sum())
+
 # %% ../nbs/35_report.ipynb #b54d5c17
 def _config_table(t, desc, runs):
-    "Descriptives with each configuration's energy provenance label."
+    "Descriptives with each configuration's energy provenance label (from the distinct provenance values only)."
     tab = desc.table.drop(columns=desc.by).copy()
-    codes = t.data['_config'].to_numpy()
-    labels = []
-    for c in tab['config']:
-        sub = runs.iloc[np.flatnonzero(codes == c)]
-        labels.append(energy_label(*energy_provenance(sub)))
-    tab['energy'] = labels
+    cols = [c for c in ('energy_provenance', 'estimated') if c in runs.columns]
+    if not cols:
+        tab['energy'] = energy_label(*energy_provenance(runs.iloc[:0]))
+        return tab
+    sub = runs[cols].iloc[t.data['_row'].to_numpy()].assign(_config=t.data['_config'].to_numpy())
+    sub = sub.drop_duplicates()
+    tab['energy'] = [energy_label(*energy_provenance(sub[sub['_config'] == c])) for c in tab['config']]
     return tab
 
 def _equivalence_table(t, pw, margin, alpha):
-    "TOST verdict of every pair of `pw`."
+    "TOST of every pair of `pw` within `margin`; the difference verdict is `pw`'s own adjusted test."
+    g = t.groups()
+    a, b = pw.table['a'].to_numpy(), pw.table['b'].to_numpy()
+    low, high = (-math.log1p(margin), math.log1p(margin)) if t.scale == 'log' else (-margin, margin)
+    if pw.blocks: # the blocked model's estimate, standard error and df
+        from scipy import stats
+        diff, se, df = pw.table['diff'].to_numpy(), pw.table['se_diff'].to_numpy(), pw.table['df'].to_numpy()
+        half = stats.t.ppf(1 - alpha, df) * se
+        r = dict(diff=diff, ci_low=diff - half, ci_high=diff + half,
+                 p_tost=np.maximum(stats.t.sf((diff - low) / se, df), stats.t.cdf((diff - high) / se, df)))
+    else:
+        s = {c: (v.mean(), v.var(ddof=1), len(v)) for c, v in g.items()}
+        (ma, va, na), (mb, vb, nb) = (np.array([s[c] for c in x]).T for x in (a, b))
+        r = tost(ma, va, na, mb, vb, nb, low, high, alpha)
+    equiv = r['p_tost'] < alpha
+    tab = pd.DataFrame(dict(a=a, b=b, diff=r['diff'], ci_low=r['ci_low'], ci_high=r['ci_high'], p_tost=r['p_tost'],
+                            p_difference=pw.table['p_adj'].to_numpy(),
+                            verdict=[verdict(bool(d), bool(e)) for d, e in zip(pw.table['reject'], equiv)]))
+    if t.scale == 'log':
+        tab['ratio'], tab['ratio_low'], tab['ratio_high'] = np.exp(tab['diff']), np.exp(tab['ci_low']), np.exp(tab['ci_high'])
+    cols = ['a', 'b'] + (['ratio', 'ratio_low', 'ratio_high'] if t.scale == 'log' else ['diff', 'ci_low', 'ci_high'])
+    return tab[cols + ['p_tost', 'p_difference', 'verdict']]
+
+def _paired_table(t, pw, ci, lower_is_better=True):
+    "Paired t-test (Holm-adjusted across pairs) and Wilcoxon signed-rank test of every pair of `pw`, matched on `t.pair`."
+    from statsmodels.stats.multitest import multipletests
     rows = []
     for a, b in zip(pw.table['a'], pw.table['b']):
-        e = equivalence(t, a=a, b=b, margin=margin, alpha=alpha)
-        r = dict(a=a, b=b, diff=e.diff, ci_low=e.ci_low, ci_high=e.ci_high, p_tost=e.p_tost, p_difference=e.p_difference, verdict=e.verdict)
-        if t.scale == 'log': r.update(ratio=math.exp(e.diff), ratio_low=math.exp(e.ci_low), ratio_high=math.exp(e.ci_high))
-        rows.append(r)
-    cols = ['a', 'b'] + (['ratio', 'ratio_low', 'ratio_high'] if t.scale == 'log' else ['diff', 'ci_low', 'ci_high']) + ['p_tost', 'p_difference', 'verdict']
-    return pd.DataFrame(rows)[cols]
+        r = compare_two(t, a=a, b=b, ci=ci, pair=t.pair, lower_is_better=lower_is_better)
+        row = dict(a=a, b=b, pairs=r.n_a, diff=r.diff, ci_low=r.ci_low, ci_high=r.ci_high, t=r.t, df=r.df, p=r.p,
+                   wilcoxon_v=r.wilcoxon_v, wilcoxon_p=r.wilcoxon_p)
+        if t.scale == 'log': row.update(ratio=r.ratio, ratio_low=r.ratio_low, ratio_high=r.ratio_high)
+        rows.append(row)
+    tab = pd.DataFrame(rows)
+    tab['p_holm'] = multipletests(tab['p'], method='holm')[1] if len(tab) > 1 else tab['p']
+    eff = ['ratio', 'ratio_low', 'ratio_high'] if t.scale == 'log' else ['diff', 'ci_low', 'ci_high']
+    return tab[['a', 'b', 'pairs', *eff, 't', 'df', 'p', 'p_holm', 'wilcoxon_v', 'wilcoxon_p']]
+
+def _attempt(rep, stage:str, fn, *args, **kwargs):
+    "Run one stage of the report; if it cannot be computed, record why in `rep.not_computed` and return None."
+    try: return fn(*args, **kwargs)
+    except Exception as e: # every stage is optional: the report says which failed and why, and goes on
+        rep.not_computed[stage] = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+        return None
 
 # %% ../nbs/35_report.ipynb #4415b8ed
+def _method(rep, method, k, checks):
+    "The pairwise method, and why: the one comparison of two configurations needs no adjustment."
+    if method != 'auto': return method, None
+    if k == 2: return 'none', "two configurations: one comparison, no adjustment needed (Welch's t-test" + (
+        ", on the blocked model's error term)" if rep.blocks else ")")
+    if rep.blocks: return 'tukey', f"tukey on the blocked model's error term (blocks {rep.blocks})"
+    if checks is None or not checks.equal_variance:
+        why = 'variances differ' if checks is not None else 'equal variance not checked'
+        return 'games-howell', f"games-howell ({why}" + (f", Brown-Forsythe p = {checks.levene_p:.3g})" if checks is not None else ')')
+    return 'tukey', f"tukey (no evidence of unequal variances, Brown-Forsythe p = {checks.levene_p:.3g})"
+
+def _left_out(rep, t):
+    "Header entries and notes on the runs left out of the statistics."
+    rep.excluded, rep.not_analysed = t.excluded, dict(t.not_analysed)
+    rep.header['runs analysed'] = len(t.data)
+    if t.excluded is None: return
+    n_missing = int(t.excluded['missing'].sum())
+    rep.header['runs left out'] = rep.n_left_out
+    rep.header[f'runs without {t.metric}'] = {r.config: int(r.missing) for r in t.excluded.itertuples()}
+    rep.notes.append(f"{n_missing} run(s) have no {t.metric} and are left out of the statistics: " +
+                     '; '.join(f"{r.config}: {r.missing} of {r.runs} ({r.reasons})" for r in t.excluded.itertuples()))
+    for c, why in t.not_analysed.items(): rep.notes.append(f"configuration {c!r} not analysed: {why}")
+
 def compare_runs(runs:pd.DataFrame, # one row per independent run
                  metric:str='j_per_token', # the column to compare (lower is better for the Pareto front and P(better))
                  by=None, # factor column(s): a name, 'F1,F2' or a list
@@ -173,6 +247,10 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
                  source:str=None, # where the runs came from, for the header
                  hardware=None, # for the cards' binding constraint (see `energy_card`)
                  active_params:float=None, # for the cards' binding constraint
+                 block=None, # block factor column(s), additive in the ANOVA and the pairwise comparisons
+                 pair:str=None, # column pairing runs across configurations (prompt, seed): paired tests, and a block
+                 random:str=None, # column whose levels get a random intercept; default `hostname` when it varies; '' for none
+                 max_boot_n:int=1000, # above this many runs a configuration's IQM interval is Tukey-McLaughlin's
                 ) -> ComparisonReport:
     "The full comparison report of `metric` across the configurations of `by`."
     from energytok import figures as F
@@ -180,85 +258,145 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
     def lap(name):
         nonlocal clock
         now = time.perf_counter(); timings[name] = now - clock; clock = now
-    check_choice('method', method, ('auto',) + PAIRWISE_METHODS); check_fraction('alpha', alpha)
-    t = prepare_runs(runs, metric, by, scale)
+    check_choice('method', method, ('auto',) + PAIRWISE_METHODS); check_fraction('alpha', alpha); check_fraction('ci', ci)
+    check_choice('typ', typ, (2, 3))
+    blocks = as_factors(block) if block else []
+    if pair and pair not in blocks: blocks = blocks + [pair]
+    t = prepare_runs(runs, metric, by, scale, block=blocks or None, pair=pair, missing='drop')
     lap('prepare')
     prov, est = energy_provenance(runs)
     tag = energy_label(prov, est) if is_energy_metric(t.metric) else None
     label = F.axis_label(t.metric, t.scale, tag)
-    notes = []
+    rep = ComparisonReport(title or f'{t.metric} by {", ".join(t.by)}', t.metric, t.by, t.scale, alpha, ci,
+                           provenance_header(runs, source), tag, None, None, None, typ=typ, blocks=blocks, pair=pair)
+    _left_out(rep, t)
+    notes = rep.notes
     if tag and est and 'estimated' in runs and not runs['estimated'].fillna(False).astype(bool).all():
         notes.append("some runs are estimates and some are measurements: configurations of different provenance are being compared")
-    desc = describe_runs(t, ci=ci, n_boot=n_boot, seed=seed); lap('descriptives')
-    checks = check_assumptions(t, alpha=alpha, seed=seed); lap('assumptions')
+    rep.descriptives = desc = _attempt(rep, 'descriptives', describe_runs, t, ci=ci, n_boot=n_boot, seed=seed, max_boot_n=max_boot_n)
+    if desc is not None: rep.configs = _config_table(t, desc, runs)
+    lap('descriptives')
     k = len(t.configs)
-    rep = ComparisonReport(title or f'{t.metric} by {", ".join(t.by)}', t.metric, t.by, t.scale, alpha, ci,
-                           provenance_header(runs, source), tag, _config_table(t, desc, runs), desc, checks, notes=notes)
-    if k >= 2:
-        rep.anova = anova(t, typ=typ); lap('anova')
-        try: rep.welch = welch_anova(t)
-        except ValueError as e: notes.append(f"Welch's ANOVA not computed: {e}")
-        chosen = method
-        if method == 'auto':
-            chosen = 'tukey' if checks.equal_variance else 'games-howell'
-            notes.append(f"pairwise method: {chosen} ({'no evidence of unequal variances' if checks.equal_variance else 'variances differ'}, Brown-Forsythe p = {checks.levene_p:.3g})")
-        rep.pairwise = pairwise(t, method=chosen, ci=ci, alpha=alpha); lap('pairwise')
-        rep.margin = margin if margin is not None else (0.05 if t.scale == 'log' else None)
-        if rep.margin is not None: rep.equivalence = _equivalence_table(t, rep.pairwise, rep.margin, alpha)
-        lap('equivalence')
-        rep.power = power_analysis(t, alpha=alpha, target=target); lap('power')
-    else: notes.append("one configuration only: nothing to compare; descriptives and cards only")
+    if problem := variation_problem(t):
+        notes.append(f"{t.metric}: {problem}; no test is reported for it")
+        for stage in ('assumptions', 'anova', 'pairwise', 'equivalence', 'power') if k >= 2 else ('assumptions',):
+            rep.not_computed[stage] = problem
+    else:
+        rep.assumptions = checks = _attempt(rep, 'assumptions', check_assumptions, t, alpha=alpha, seed=seed); lap('assumptions')
+        if k >= 2:
+            rep.anova = _attempt(rep, 'anova', anova, t, typ=typ); lap('anova')
+            rep.welch = _attempt(rep, 'welch', welch_anova, t)
+            if rep.welch is not None and blocks: notes.append("Welch's one-way ANOVA compares the configurations without the blocks")
+            chosen, rep.method_reason = _method(rep, method, k, checks)
+            rep.pairwise = _attempt(rep, 'pairwise', pairwise, t, method=chosen, ci=ci, alpha=alpha); lap('pairwise')
+            if k == 2:
+                rep.two = _attempt(rep, 'two configurations', compare_two, t, a=t.configs[1], b=t.configs[0], ci=ci, pair=pair)
+            if pair and rep.pairwise is not None and k > 2: rep.paired = _attempt(rep, 'paired', _paired_table, t, rep.pairwise, ci)
+            rep.margin = margin if margin is not None else (0.05 if t.scale == 'log' else None)
+            if rep.margin is not None and rep.pairwise is not None:
+                rep.equivalence = _attempt(rep, 'equivalence', _equivalence_table, t, rep.pairwise, rep.margin, alpha)
+            lap('equivalence')
+            rep.power = _attempt(rep, 'power', power_analysis, t, alpha=alpha, target=target); lap('power')
+            if blocks and rep.power is not None: notes.append("the power analysis uses the within-configuration SD, ignoring blocks (conservative)")
+        else: notes.append("one configuration only: nothing to compare; descriptives and cards only")
+        group = random if random is not None else ('hostname' if 'hostname' in runs.columns else '')
+        if group and k >= 1:
+            hosts = runs[group].iloc[t.data['_row'].to_numpy()] if group in runs.columns else None
+            if hosts is None: rep.not_computed['mixed model'] = f"random: no column {group!r} in the runs"
+            elif hosts.nunique() > 1:
+                rep.mixed = _attempt(rep, 'mixed model', mixed_model, runs.iloc[t.data['_row'].to_numpy()], t.metric, t.by, group, t.scale, ci)
+            elif random is None:
+                notes.append(f"every run was made on one {group} ({hosts.iloc[0]!r}): the comparison holds for that machine; "
+                             "nothing here measures how it carries over to others")
+            lap('mixed model')
     if figures:
-        rep.plots += [F.box_strip(t, label, max_points, seed), F.interaction_plot(desc, label)]
-        if rep.pairwise is not None: rep.plots.append(F.forest_plot(rep.pairwise, energy_tag=tag))
-        rep.plots += [F.qq_plot(checks, energy_tag=tag), F.residuals_vs_order(checks, seed=seed, energy_tag=tag), F.ecdf_plot(t, label)]
-        if throughput in runs and throughput != t.metric and not runs[throughput].isna().any():
-            rep.plots.append(F.pareto_plot(t, runs[throughput].to_numpy(dtype=float), label, throughput, max_points, seed))
-        elif throughput != t.metric: notes.append(f"no Pareto figure: the table has no complete {throughput!r} column")
-        for p in rep.plots: p.png()
+        checks = rep.assumptions
+        draws = [('box_strip', lambda: F.box_strip(t, label, max_points, seed))]
+        if desc is not None: draws.append(('interaction', lambda: F.interaction_plot(desc, label)))
+        if rep.pairwise is not None: draws.append(('forest', lambda: F.forest_plot(rep.pairwise, energy_tag=tag)))
+        if checks is not None:
+            draws.append(('qq', lambda: F.qq_plot(checks, energy_tag=tag)))
+            if checks.order_recorded: draws.append(('residuals_order', lambda: F.residuals_vs_order(checks, seed=seed, energy_tag=tag)))
+            else: notes.append("no residuals-against-run-order figure: no run order recorded")
+        draws.append(('ecdf', lambda: F.ecdf_plot(t, label)))
+        if throughput in runs and throughput != t.metric:
+            tp = pd.to_numeric(runs[throughput], errors='coerce').to_numpy(dtype=float)[t.data['_row'].to_numpy()]
+            if np.isfinite(tp).all(): draws.append(('pareto', lambda: F.pareto_plot(t, tp, label, throughput, max_points, seed)))
+            else: notes.append(f"no Pareto figure: {int((~np.isfinite(tp)).sum())} analysed run(s) have no {throughput!r}")
+        elif throughput != t.metric: notes.append(f"no Pareto figure: the table has no {throughput!r} column")
+        for name, draw in draws:
+            p = _attempt(rep, f'figure {name}', draw)
+            if p is not None and _attempt(rep, f'figure {name}', p.png) is not None: rep.plots.append(p)
         lap('figures')
     if cards is None: cards = 'j_per_token' in runs
     if cards:
-        codes = t.data['_config'].to_numpy()
         for c in t.configs:
-            sub = runs.iloc[np.flatnonzero(codes == c)]
-            rep.cards.append(energy_card(sub, by=t.by, config=c, hardware=hardware, active_params=active_params, ci=ci))
+            card = _attempt(rep, f'card {c}', energy_card, runs.iloc[t.rows(c)], by=t.by, config=c, hardware=hardware,
+                            active_params=active_params, ci=ci)
+            if card is not None: rep.cards.append(card)
         lap('cards')
     rep.timings = timings
     return rep
 
 # %% ../nbs/35_report.ipynb #d8662559
+_METHOD_NAMES = {'tukey': 'Tukey HSD', 'games-howell': 'Games-Howell', 'holm': 'Holm-adjusted Welch t-tests',
+                 'bh': 'Benjamini-Hochberg-adjusted Welch t-tests', 'none': 'unadjusted Welch t-tests'}
+
+def _family(pw) -> str:
+    "The pairwise family's test and adjustment, named for the summary."
+    if pw.method == 'none' and len(pw.table) == 1:
+        return "Welch's t-test" if not pw.blocks else "t-test on the blocked model's error term"
+    name = _METHOD_NAMES[pw.method]
+    if pw.blocks: name = name.replace('Welch t-tests', 't-tests') + ' on the blocked model'
+    return name
+
 def _summary(rep) -> list:
     "The report's key findings as bullet lines."
     out = []
     est = ' (ESTIMATED energy)' if rep.estimated else ''
+    if rep.n_left_out:
+        out.append(f"{rep.n_left_out} of {rep.header.get('runs', rep.n_left_out)} runs left out of the statistics "
+                   f"({int(rep.excluded['missing'].sum())} without a {rep.metric}); "
+                   + (f"not analysed: {', '.join(rep.not_analysed)}; " if rep.not_analysed else '') + "see Runs left out")
+    if rep.not_computed: out.append("Not computed: " + '; '.join(f"{k} ({v})" for k, v in rep.not_computed.items()))
     if rep.anova is not None:
         terms = rep.anova.table[rep.anova.table.term != 'Residual']
         df_res = rep.anova.table.set_index('term').loc['Residual', 'df']
         for _, r in terms.iterrows():
-            out.append(f"ANOVA, {r['term']}: F({r['df']:.0f}, {df_res:.0f}) = {r['F']:.4g}, p = {r['p']:.3g}, "
+            kind = 'block ' if r['term'] in rep.anova.blocks else ''
+            out.append(f"ANOVA (type {'I' * rep.anova.typ}), {kind}{r['term']}: F({r['df']:.0f}, {df_res:.0f}) = {r['F']:.4g}, p = {r['p']:.3g}, "
                        f"partial ω² = {r['partial_omega_sq']:.3f}" + (' **significant**' if r['p'] < rep.alpha else ' (not significant: not evidence of no effect)'))
-    col = 'gmean' if rep.scale == 'log' else 'mean'
-    best = rep.configs.loc[rep.configs[col].idxmin()]
-    out.append(f"Lowest {rep.metric}{est}: **{best['config']}**, {'geometric ' if rep.scale == 'log' else ''}mean {best[col]:.4g} "
-               f"({rep.ci:.0%} CI {best[col + '_ci_low' if rep.scale == 'log' else 'ci_low']:.4g} to "
-               f"{best[col + '_ci_high' if rep.scale == 'log' else 'ci_high']:.4g})")
+    if rep.two is not None:
+        tw = rep.two
+        eff = (f"ratio {tw.ratio:.3f}, {rep.ci:.0%} CI {tw.ratio_low:.3f} to {tw.ratio_high:.3f}" if rep.scale == 'log'
+               else f"difference {tw.diff:.4g}, {rep.ci:.0%} CI {tw.ci_low:.4g} to {tw.ci_high:.4g}")
+        out.append(f"{tw.a} vs {tw.b}: {tw.test_text()}; {eff}")
+    if rep.configs is not None:
+        col = 'gmean' if rep.scale == 'log' else 'mean'
+        best = rep.configs.loc[rep.configs[col].idxmin()]
+        out.append(f"Lowest {rep.metric}{est}: **{best['config']}**, {'geometric ' if rep.scale == 'log' else ''}mean {best[col]:.4g} "
+                   f"({rep.ci:.0%} CI {best[col + '_ci_low' if rep.scale == 'log' else 'ci_low']:.4g} to "
+                   f"{best[col + '_ci_high' if rep.scale == 'log' else 'ci_high']:.4g})")
     if rep.pairwise is not None:
         n, sig = len(rep.pairwise.table), int(rep.pairwise.table.reject.sum())
-        s = f"{sig} of {n} pairs differ ({rep.pairwise.method}, alpha {rep.alpha:g})"
+        fam = _family(rep.pairwise)
+        s = (f"{sig} of {n} pairs differ ({fam}, adjusted p < {rep.alpha:g})" if n > 1
+             else f"the two configurations {'differ' if sig else 'do not differ significantly'} ({fam}, p {'<' if sig else '>='} {rep.alpha:g})")
         if rep.equivalence is not None:
             v = rep.equivalence.verdict.value_counts()
             within = (f"±{100 * rep.margin:g}% (ratio {1 / (1 + rep.margin):.3f} to {1 + rep.margin:.3f})" if rep.scale == 'log'
                       else f"±{rep.margin:g}")
-            s += (f"; equivalence (TOST) within {within}, each pair at alpha {rep.alpha:g}: "
-                  + ', '.join(f"{v.get(k, 0)} {k}" for k in VERDICTS)
+            s += (f"; one verdict per pair, the difference from that same test and equivalence from TOST within {within} "
+                  f"at alpha {rep.alpha:g}: " + ', '.join(f"{v.get(k, 0)} {k}" for k in VERDICTS)
                   + "; inconclusive means neither difference nor equivalence was shown, which is not evidence of no difference")
         else: s += "; no equivalence margin was given, so a pair that does not differ is not shown to be equal"
         out.append(s)
     if rep.power is not None: out.append(rep.power.sentence())
-    if not rep.assumptions.normal or not rep.assumptions.equal_variance or not rep.assumptions.independent:
-        bad = [n for n, ok in (('normality', rep.assumptions.normal), ('equal variance', rep.assumptions.equal_variance),
-                               ('independence / no drift', rep.assumptions.independent)) if not ok]
+    if rep.mixed is not None: out.append(rep.mixed.sentence())
+    a = rep.assumptions
+    if a is not None and (not a.normal or not a.equal_variance or a.independent is False):
+        bad = [n for n, ok in (('normality', a.normal), ('equal variance', a.equal_variance),
+                               ('independence / no drift', a.independent is not False)) if not ok]
         out.append(f"Assumption checks flag: {', '.join(bad)} (see below)")
     return out
 
@@ -268,6 +406,78 @@ def _header_table(h:dict) -> pd.DataFrame:
     return pd.DataFrame({'item': list(h), 'value': [fmt(v) for v in h.values()]})
 
 # %% ../nbs/35_report.ipynb #0ca5fcf3
+def _two_table(tw, scale) -> pd.DataFrame:
+    "The two-configuration t-test as a one-row table."
+    row = dict(a=tw.a, b=tw.b, n_a=tw.n_a, n_b=tw.n_b, test=tw.test, t=tw.t, df=tw.df, p=tw.p)
+    row.update(dict(ratio=tw.ratio, ratio_low=tw.ratio_low, ratio_high=tw.ratio_high) if scale == 'log' else
+               dict(diff=tw.diff, ci_low=tw.ci_low, ci_high=tw.ci_high))
+    if scale == 'log': row.update(diff_log=tw.diff, diff_log_low=tw.ci_low, diff_log_high=tw.ci_high)
+    if tw.test == 'paired': row.update(wilcoxon_v=tw.wilcoxon_v, wilcoxon_p=tw.wilcoxon_p)
+    return pd.DataFrame([row | dict(hedges_g=tw.hedges_g, prob_a_better=tw.prob_a_better)])
+
+def _left_out_table(rep) -> pd.DataFrame:
+    "Per configuration: runs, runs without the metric, runs left out, why, and whether it was analysed."
+    tab = rep.excluded.copy()
+    tab['analysed'] = ['no: ' + rep.not_analysed[c] if c in rep.not_analysed else 'yes' for c in tab['config']]
+    return tab[['config', 'runs', 'missing', 'left_out', 'reasons', 'analysed']]
+
+def _stat_sections(self) -> list:
+    "The statistics sections of the report, as markdown lines."
+    md = []
+    if self.excluded is not None:
+        md += ["## Runs left out", "",
+               f"Runs with no {self.metric} (a sensor that failed records energy as missing, never as 0 J) are left out of every "
+               "statistic below; the reasons are those their flags give. A configuration left with fewer than 2 runs is not analysed.", "",
+               markdown_table(_left_out_table(self)), ""]
+    if self.not_computed:
+        md += ["## Not computed", "", *[f"- **{k}**: {v}" for k, v in self.not_computed.items()], ""]
+    if self.configs is not None:
+        boot = (self.configs['iqm_ci_method'] == 'bca') if 'iqm_ci_method' in self.configs else None
+        how = ("BCa bootstrap interval" if boot is None or boot.all() else "Tukey-McLaughlin interval" if not boot.any()
+               else "BCa bootstrap interval (Tukey-McLaughlin for configurations of more than 1,000 runs)")
+        md += [f"## Configurations: {self.metric}" + (f", energy {self.energy_tag}" if self.energy_tag else ''), "",
+               f"n runs, mean, SD, {self.ci:.0%} t-interval, median, IQM with its {how}, CV%"
+               + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance.", "",
+               markdown_table(self.configs.drop(columns=['iqm_ci_method'], errors='ignore')), ""]
+    if self.two is not None:
+        tw = self.two
+        what = (f"paired t-test over the {tw.n_a} {tw.pair} values run under both, with the Wilcoxon signed-rank test beside it"
+                if tw.test == 'paired' else "Welch's t-test (unequal variances)")
+        md += ["## Two configurations", "", f"{tw.a} against {tw.b}: {what}; {self.ci:.0%} interval of the difference"
+               + (" (analysed as logs; the ratio is its exponential)" if self.scale == 'log' else '') + ".", "",
+               markdown_table(_two_table(tw, self.scale)), "", tw.sentence() + '.', ""]
+        md += [f"> {n}" for n in tw.notes] + ([""] if tw.notes else [])
+    if self.anova is not None:
+        md += ["## ANOVA", "", self.anova.to_markdown(), ""]
+        if self.welch is not None:
+            unequal = self.assumptions is not None and not self.assumptions.equal_variance
+            read = ("variances differ, so read this test and the HC3 columns" if unequal else "a check that does not assume equal variances")
+            md += [f"Welch's one-way ANOVA across configurations ({read}): F({self.welch.df_num:.0f}, {self.welch.df_denom:.2f}) = "
+                   f"{self.welch.F:.4g}, p = {self.welch.p:.3g}.", ""]
+    if self.mixed is not None: md += [f"## Mixed model: random intercept per {self.mixed.group}", "", self.mixed.to_markdown(), ""]
+    if self.assumptions is not None: md += ["## Assumption checks", "", self.assumptions.to_markdown(), ""]
+    if self.pairwise is not None:
+        md += ["## Pairwise comparisons", ""] + ([f"Method: {self.method_reason}.", ""] if self.method_reason else []) + [self.pairwise.to_markdown(), ""]
+    if self.paired is not None:
+        md += [f"## Paired comparisons (matched on {self.pair})", "",
+               f"Each pair of configurations over the {self.pair} values run under both: paired t-test ({self.ci:.0%} interval per "
+               "comparison, p Holm-adjusted across pairs in `p_holm`) and Wilcoxon signed-rank test (unadjusted). The verdicts of "
+               "the summary are those of the pairwise table above.", "", markdown_table(self.paired), ""]
+    if self.equivalence is not None:
+        bounds = (f"ratio {1 / (1 + self.margin):.3f} to {1 + self.margin:.3f}" if self.scale == 'log' else f"±{self.margin:g}")
+        md += [f"## Equivalence (TOST, margin {bounds})", "",
+               f"{1 - 2 * self.alpha:.0%} intervals; 'equivalent' only when both one-sided tests reject at {self.alpha:g}, each pair "
+               f"on its own. `p_difference` and the difference in each verdict are the pairwise table's: {_family(self.pairwise)}, "
+               f"adjusted p at {self.alpha:g}, so a verdict never contradicts that table.", "",
+               markdown_table(self.equivalence), ""]
+    if self.power is not None:
+        pw = self.power
+        md += ["## Power and detectable effects", "", pw.sentence(), "",
+               markdown_table(pd.DataFrame([dict(comparison='one planned pair', mde=pw.mde, mde_pct=pw.as_pct(pw.mde)),
+                                            dict(comparison='every pair (Bonferroni)', mde=pw.mde_all_pairs, mde_pct=pw.as_pct(pw.mde_all_pairs)),
+                                            dict(comparison="ANOVA (Cohen's f)", mde=pw.anova_mde_f, mde_pct=math.nan)])), ""]
+    return md
+
 @patch
 def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
     "The report as markdown; figures referenced as `figure_dir/NAME.png` (None leaves them out)."
@@ -276,31 +486,7 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
         md += [f"> **The energy figures in this report are ESTIMATES, not measurements** ({self.energy_tag[10:-1]}).", ""]
     md += ["## Provenance", "", markdown_table(_header_table(self.header)), ""]
     md += ["## Summary", "", *[f"- {s}" for s in _summary(self)], ""]
-    md += [f"## Configurations: {self.metric}" + (f", energy {self.energy_tag}" if self.energy_tag else ''), "",
-           f"n runs, mean, SD, {self.ci:.0%} t-interval, median, IQM with BCa interval, CV%"
-           + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance.", "",
-           markdown_table(self.configs), ""]
-    if self.anova is not None:
-        md += ["## ANOVA", "", self.anova.to_markdown(), ""]
-        if self.welch is not None:
-            read = ("variances differ, so read this test and the HC3 columns" if not self.assumptions.equal_variance else
-                    "a check that does not assume equal variances")
-            md += [f"Welch's one-way ANOVA across configurations ({read}): F({self.welch.df_num:.0f}, {self.welch.df_denom:.2f}) = "
-                   f"{self.welch.F:.4g}, p = {self.welch.p:.3g}.", ""]
-    md += ["## Assumption checks", "", self.assumptions.to_markdown(), ""]
-    if self.pairwise is not None: md += ["## Pairwise comparisons", "", self.pairwise.to_markdown(), ""]
-    if self.equivalence is not None:
-        bounds = (f"ratio {1 / (1 + self.margin):.3f} to {1 + self.margin:.3f}" if self.scale == 'log' else f"±{self.margin:g}")
-        md += [f"## Equivalence (TOST, margin {bounds})", "",
-               f"{1 - 2 * self.alpha:.0%} intervals; 'equivalent' only when both one-sided tests reject at {self.alpha:g}. "
-               f"Each pair is tested on its own, not adjusted for the {len(self.equivalence)} pairs.", "",
-               markdown_table(self.equivalence), ""]
-    if self.power is not None:
-        pw = self.power
-        md += ["## Power and detectable effects", "", pw.sentence(), "",
-               markdown_table(pd.DataFrame([dict(comparison='one planned pair', mde=pw.mde, mde_pct=pw.as_pct(pw.mde)),
-                                            dict(comparison='every pair (Bonferroni)', mde=pw.mde_all_pairs, mde_pct=pw.as_pct(pw.mde_all_pairs)),
-                                            dict(comparison="ANOVA (Cohen's f)", mde=pw.anova_mde_f, mde_pct=math.nan)])), ""]
+    md += _stat_sections(self)
     if self.plots and figure_dir is not None:
         md += ["## Figures", ""]
         for p in self.plots: md += [f"![{p.caption}]({figure_dir}/{p.name}.png)", ""]
@@ -348,6 +534,23 @@ def save(self:ComparisonReport, folder) -> dict:
     paths['json'].write_text(self.to_json())
     return {k: str(v) for k, v in paths.items()}
 
+# %% ../nbs/35_report.ipynb #453daf7c
+@patch
+def to_dict(self:ComparisonReport) -> dict:
+    "Every number of the report as JSON-ready data (no images)."
+    part = lambda x: x.to_dict() if x is not None else None
+    rec = lambda df: table_records(df) if df is not None else None
+    return dict(title=self.title, metric=self.metric, by=self.by, blocks=self.blocks, pair=self.pair, scale=self.scale,
+                alpha=self.alpha, ci=self.ci, typ=self.typ, energy_label=self.energy_tag, estimated=self.estimated,
+                header=plain(self.header), summary=_summary(self),
+                left_out=rec(_left_out_table(self)) if self.excluded is not None else None, not_analysed=self.not_analysed,
+                not_computed=self.not_computed, configs=rec(self.configs), two_configurations=part(self.two),
+                anova=part(self.anova), welch=part(self.welch), mixed_model=part(self.mixed), assumptions=part(self.assumptions),
+                pairwise=part(self.pairwise), pairwise_method=self.method_reason, paired=rec(self.paired), margin=self.margin,
+                equivalence=rec(self.equivalence), power=part(self.power), cards=[c.to_dict() for c in self.cards],
+                figures=[dict(name=p.name, caption=p.caption, file=f'figures/{p.name}.png', **plain(p.meta)) for p in self.plots],
+                notes=self.notes, timings_s=plain(self.timings))
+
 # %% ../nbs/35_report.ipynb #0a86c7ff
 def read_table(path, # a .csv/.tsv file, or run records (.jsonl file or folder)
               ) -> pd.DataFrame:
@@ -367,9 +570,19 @@ def _print_summary(rep, paths=None):
     for s in _summary(rep): print(f"- {s}")
     if paths: print('\nwritten:\n' + '\n'.join(f'  {v}' for v in paths.values()))
 
+def _sweeps(runs:pd.DataFrame) -> list:
+    "The distinct sweep ids of `runs` (one `None` when the table has none)."
+    if 'sweep_id' not in runs.columns: return [None]
+    return list(dict.fromkeys(runs['sweep_id'].fillna('(no sweep id)').astype(str)))
+
+def _folder_name(sweep:str, i:int) -> str:
+    "A sweep id as one safe path component, else 'sweep-N'."
+    ok = re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]{0,99}', sweep or '') and '..' not in sweep
+    return sweep if ok else f'sweep-{i + 1}'
+
 @call_parse
 def report_cli(results:str, # a runs.jsonl file, or a folder searched recursively for them
-               out:str='energytok-report', # folder for report.md, report.html, report.json and figures/
+               out:str='energytok-report', # folder for report.md, report.html, report.json and figures/ (one subfolder per sweep when there are several)
                metric:str='j_per_token', # the column to compare
                by:str=None, # factor columns, comma-separated; default: the configuration columns that vary
                scale:str='log', # log (effects as ratios) or linear
@@ -381,18 +594,38 @@ def report_cli(results:str, # a runs.jsonl file, or a folder searched recursivel
                active_params:float=None, # parameters active per token, for the binding constraint
                no_figures:bool=False, # skip the figures
                json:bool=False, # print the report as JSON instead of the summary
+               typ:int=2, # ANOVA sums of squares: 2 or 3
+               block:str=None, # block factor columns, comma-separated (day, host, prompt set): additive in the models
+               pair:str=None, # column pairing runs across configurations (prompt, seed): paired tests
+               random:str=None, # column whose levels get a random intercept (default: hostname when it varies)
+               pool:bool=False, # analyse several sweeps together instead of each alone
               ) -> int:
-    "Write the energy-to-token report (markdown, HTML, JSON) for a results file or folder."
+    "Write the energy-to-token report (markdown, HTML, JSON) for a results file or folder, one report per sweep."
+    import json as _json
     runs = read_table(results)
     if len(runs) == 0: raise ValueError(f"results: no completed runs in {results!r}")
-    factors = as_factors(by) if by else sweep_factors(runs)
-    if not factors:
-        runs = runs.assign(configuration='all runs'); factors = ['configuration']
-    rep = compare_runs(runs, metric, factors, scale, method, alpha, margin=margin, target=target, figures=not no_figures,
-                       source=str(results), hardware=hardware, active_params=active_params)
-    paths = rep.save(out)
-    if json: print(rep.to_json())
-    else: _print_summary(rep, paths)
+    check_choice('typ', typ, (2, 3))
+    sweeps = _sweeps(runs)
+    parts = [(None, runs)] if pool or len(sweeps) < 2 else [
+        (s, runs[runs['sweep_id'].fillna('(no sweep id)').astype(str).to_numpy() == s]) for s in sweeps]
+    if len(parts) > 1:
+        print(f"{len(sweeps)} sweeps in {results}: each is analysed alone (--pool analyses them together)\n")
+    docs = {}
+    for i, (sweep, part) in enumerate(parts):
+        factors = as_factors(by) if by else sweep_factors(part)
+        if not factors:
+            part = part.assign(configuration='all runs'); factors = ['configuration']
+        rep = compare_runs(part, metric, factors, scale, method, alpha, margin=margin, target=target, figures=not no_figures,
+                           source=str(results) + (f" (sweep {sweep})" if sweep else ''), hardware=hardware,
+                           active_params=active_params, typ=typ, block=block, pair=pair, random=random,
+                           title=f"{metric} by {', '.join(factors)}" + (f", sweep {sweep}" if sweep else ''))
+        if pool and len(sweeps) > 1: rep.notes.append(f"{len(sweeps)} sweeps analysed together (--pool): {sweeps}")
+        paths = rep.save(Path(out) / _folder_name(sweep, i) if sweep else out)
+        if json: docs[sweep] = rep.to_dict()
+        else:
+            _print_summary(rep, paths)
+            if i < len(parts) - 1: print()
+    if json: print(_json.dumps(docs[None] if len(docs) == 1 else dict(sweeps=docs), indent=1, allow_nan=False))
     return 0
 
 # %% ../nbs/35_report.ipynb #e4988eaa
@@ -407,13 +640,17 @@ def compare_cli(table:str, # a CSV/TSV file of runs (one row per run), or run re
                 target:float=None, # effect to plan runs for (log scale: a ratio such as 0.95)
                 out:str=None, # also write report.md, report.html, report.json and figures/ here
                 json:bool=False, # print JSON instead of markdown
+                typ:int=2, # ANOVA sums of squares: 2 or 3
+                block:str=None, # block factor columns, comma-separated: additive in the ANOVA and the pairwise comparisons
+                pair:str=None, # column pairing runs across configurations (prompt, seed): paired t and signed-rank tests
+                random:str=None, # column whose levels get a random intercept (default: hostname when it varies)
                ) -> int:
     "Compare configurations in any table of runs: ANOVA, pairwise, equivalence, assumptions, power."
     if metric is None: raise ValueError("metric: required (--metric COLUMN)")
     if by is None: raise ValueError("by: required (--by F1,F2)")
     runs = read_table(table)
     rep = compare_runs(runs, metric, by, scale, method, alpha, margin=margin, target=target, figures=out is not None,
-                       cards=False, source=str(table))
+                       cards=False, source=str(table), typ=typ, block=block, pair=pair, random=random)
     paths = rep.save(out) if out else None
     if json: print(rep.to_json())
     else:

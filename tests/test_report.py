@@ -53,8 +53,10 @@ def test_compare_command_markdown_and_files(tmp_path):
     r = run_cli('compare', DATA / 'PlantGrowth.csv', '--metric', 'weight', '--by', 'group', '--method', 'tukey', '--out', tmp_path / 'rep')
     assert r.returncode == 0, r.stderr
     assert '## Pairwise comparisons' in r.stdout and 'trt2' in r.stdout
+    # PlantGrowth records no run order, so there is no residuals-against-run-order figure (row order is not run order)
     assert sorted(p.name for p in (tmp_path / 'rep' / 'figures').iterdir()) == \
-        ['box_strip.png', 'ecdf.png', 'forest.png', 'interaction.png', 'qq.png', 'residuals_order.png']
+        ['box_strip.png', 'ecdf.png', 'forest.png', 'interaction.png', 'qq.png']
+    assert 'no run order recorded' in r.stdout
 
 
 @pytest.mark.parametrize('args, message', [
@@ -73,7 +75,6 @@ def test_compare_command_bad_arguments(args, message):
 def test_compare_command_bad_tables(tmp_path):
     tooth = pd.read_csv(DATA / 'ToothGrowth.csv')
     cases = {
-        'nan': (tooth.assign(len=tooth.len.where(tooth.index != 4)), 'len: 1 NaN/missing value(s), e.g. at rows [4]'),
         'one_run': (tooth.drop(tooth.index[(tooth.supp == 'OJ') & (tooth.dose == 2)][1:]), "'supp=OJ, dose=2' has 1"),
         'zero': (tooth.assign(len=tooth.len.where(tooth.index != 9, 0.0)), 'len: the log scale needs values > 0'),
         'text': (tooth.assign(len=tooth.len.astype(str).where(tooth.index != 2, 'oops')), "len: expected numbers, got 'oops'"),
@@ -84,6 +85,18 @@ def test_compare_command_bad_tables(tmp_path):
         assert r.returncode == 2, name
         assert message in r.stderr, (name, r.stderr)
     assert run_cli('compare', tmp_path / 'none.csv', '--metric', 'len', '--by', 'supp').returncode == 2
+
+
+def test_compare_command_leaves_out_a_missing_value(tmp_path):
+    # a run without the metric is counted and left out, not an error (it used to end the command)
+    tooth = pd.read_csv(DATA / 'ToothGrowth.csv')
+    path = tmp_path / 'nan.csv'; tooth.assign(len=tooth.len.where(tooth.index != 4)).to_csv(path, index=False)
+    r = run_cli('compare', path, '--metric', 'len', '--by', 'supp,dose', '--json')
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out['header']['runs analysed'] == 59 and out['header']['runs left out'] == 1
+    assert out['left_out'] == [dict(config='supp=VC, dose=0.5', runs=10, missing=1, left_out=1, reasons='no flag says why (1)', analysed='yes')]
+    assert out['summary'][0].startswith('1 of 60 runs left out of the statistics (1 without a len)')
 
 
 def test_report_command_on_a_store_folder(tmp_path, records):
