@@ -1,4 +1,4 @@
-"""A sweep's full report in one call and one command: provenance header, per-configuration table, ANOVA, pairwise comparisons, equivalence, assumption checks, power, figures and energy-to-token cards, as markdown, self-contained HTML and JSON.
+"""A sweep's full report in one call and one command: provenance header, runs left out and why, per-configuration table, the two-configuration t-test, ANOVA (with blocks), mixed model, pairwise and paired comparisons, equivalence, assumption checks, power, figures and energy-to-token cards, as markdown, self-contained HTML and JSON.
 
 Docs: https://energytok.github.io/energytok/report.html.md"""
 
@@ -218,8 +218,8 @@ def _attempt(rep, stage:str, fn, *args, **kwargs):
 def _method(rep, method, k, checks):
     "The pairwise method, and why: the one comparison of two configurations needs no adjustment."
     if method != 'auto': return method, None
-    if k == 2: return 'none', "two configurations: one comparison, no adjustment needed (Welch's t-test" + (
-        ", on the blocked model's error term)" if rep.blocks else ")")
+    if k == 2: return 'none', "two configurations: one comparison, no adjustment needed (" + (
+        "the t-test on the blocked model's error term)" if rep.blocks else "Welch's t-test)")
     if rep.blocks: return 'tukey', f"tukey on the blocked model's error term (blocks {rep.blocks})"
     if checks is None or not checks.equal_variance:
         why = 'variances differ' if checks is not None else 'equal variance not checked'
@@ -369,7 +369,10 @@ def _summary(rep) -> list:
         out.append(f"{rep.n_left_out} of {rep.header.get('runs', rep.n_left_out)} runs left out of the statistics "
                    f"({int(rep.excluded['missing'].sum())} without a {rep.metric}); "
                    + (f"not analysed: {', '.join(rep.not_analysed)}; " if rep.not_analysed else '') + "see Runs left out")
-    if rep.not_computed: out.append("Not computed: " + '; '.join(f"{k} ({v})" for k, v in rep.not_computed.items()))
+    if rep.not_computed:
+        why = {}
+        for stage, reason in rep.not_computed.items(): why.setdefault(reason, []).append(stage)
+        out.append("Not computed: " + '; '.join(f"{', '.join(stages)} ({reason})" for reason, stages in why.items()))
     if rep.anova is not None:
         terms = rep.anova.table[rep.anova.table.term != 'Residual']
         df_res = rep.anova.table.set_index('term').loc['Residual', 'df']

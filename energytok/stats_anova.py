@@ -1,4 +1,4 @@
-"""One-way and factorial ANOVA (type II, or type III with sum contrasts) with partial η² and ω², an HC3-robust version, Welch's one-way ANOVA, and the checks that say whether to believe them.
+"""One-way, factorial and blocked ANOVA (type II, or type III with sum contrasts) with partial η² and ω², an HC3-robust version, Welch's one-way ANOVA, and the checks that say whether to believe them.
 
 Docs: https://energytok.github.io/energytok/stats_anova.html.md"""
 
@@ -136,7 +136,8 @@ def fit_cells(data:pd.DataFrame, # one row per run: the factor columns and `y`
         bad = _aliased(Xw, tslices)
         detail = ', '.join(f"{t!r} ({k} of its {tslices[t].stop - tslices[t].start} column(s))" for t, k in bad)
         raise ValueError(f"runs: the design is rank-deficient, so its effects cannot be separated: {detail} "
-                         f"aliased with the terms before it in {' + '.join(':'.join(t) for t in terms)}; drop or merge "
+                         f"{'is' if len(bad) == 1 else 'are'} aliased with the terms before {'it' if len(bad) == 1 else 'them'} "
+                         f"in {' + '.join(':'.join(t) for t in terms)}; drop or merge "
                          "those factors, or analyse the sweeps that differ in them one at a time")
     xtx_inv = np.linalg.inv(xtx)
     beta = xtx_inv @ (X.T @ (n * ybar))

@@ -1,4 +1,4 @@
-"""Two configurations: Welch's t-test with the interval of the difference, the ratio with its interval, Hedges' g and the probability of improvement. All pairs: Tukey HSD, Games-Howell, or pairwise Welch with Holm or Benjamini-Hochberg adjustment.
+"""Two configurations: Welch's (or the paired) t-test with the interval of the difference, the ratio with its interval, the signed-rank test for pairs, Hedges' g and the probability of improvement. All pairs: Tukey HSD, Games-Howell, or pairwise Welch with Holm or Benjamini-Hochberg adjustment, with blocks where the runs have them. Runs nested in hosts: a mixed model and the between-host variance share.
 
 Docs: https://energytok.github.io/energytok/stats_compare.html.md"""
 
@@ -208,9 +208,12 @@ PAIRWISE_METHODS = ('tukey', 'games-howell', 'holm', 'bh', 'none')
 P_FLOOR = 1e-250 # smallest adjusted p-value shown as a number: the measured precision of `studentized_range_sf` stops here
 _RANGE_STEP, _RANGE_TOP = 0.05, 60.0
 
+@functools.lru_cache(maxsize=8)
+def _legendre(nodes:int) -> tuple: return np.polynomial.legendre.leggauss(nodes)
+
 def _gauss_legendre(lo, hi, panels:int, nodes:int=8):
     "Nodes and weights of composite Gauss-Legendre on [lo, hi] for arrays lo, hi: shape lo.shape + (panels * nodes,)."
-    x, w = np.polynomial.legendre.leggauss(nodes)
+    x, w = _legendre(nodes)
     lo, hi = np.asarray(lo, float)[..., None, None], np.asarray(hi, float)[..., None, None]
     width = (hi - lo) / panels
     pts = lo + width * np.arange(panels)[:, None] + width * (x + 1) / 2
@@ -327,8 +330,8 @@ class PairwiseResult:
         tab = self.table[self.columns].astype({'p_adj': object})
         floor = self.below_precision
         tab.loc[floor, 'p_adj'] = f'< {P_FLOOR:g}'
-        notes = self.notes + ([f"adjusted p-values below {P_FLOOR:g} are beyond the precision of scipy's studentized range "
-                               f"distribution (measured: see `P_FLOOR`) and shown as '< {P_FLOOR:g}'"] if floor.any() else [])
+        notes = self.notes + ([f"adjusted p-values below {P_FLOOR:g} are beyond the measured precision of the studentized range "
+                               f"computation (`P_FLOOR`) and shown as '< {P_FLOOR:g}'"] if floor.any() else [])
         return head + markdown_table(tab, digits) + ''.join(f'\n\n> {n}' for n in notes)
 
     def _repr_markdown_(self): return self.to_markdown()

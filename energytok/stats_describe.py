@@ -68,6 +68,9 @@ def as_factors(by, # a column name, a comma-separated string of names, or a list
 SCALES = ('log', 'linear')
 _RESERVED = ('_config', '_value', '_y', '_order', '_row')
 MISSING = ('raise', 'drop')
+# columns of the per-configuration tables, beside which the factors' levels are shown: a factor may not take these names
+_TABLE_COLUMNS = ('config', 'n', 'mean', 'sd', 'ci_low', 'ci_high', 'median', 'iqm', 'iqm_ci_low', 'iqm_ci_high', 'iqm_ci_method',
+                  'cv_pct', 'gmean', 'gmean_ci_low', 'gmean_ci_high', 'energy')
 
 def _fmt_level(v) -> str:
     "A factor level as text: 8.0 -> '8', 0.5 -> '0.5', 'bf16' -> 'bf16'."
@@ -225,10 +228,12 @@ def prepare_runs(runs:pd.DataFrame, # one row per independent run
     check_columns('runs', runs, [metric, *by, *blocks] + ([pair] if pair else []))
     if metric in by: raise ValueError(f"by: the metric {metric!r} cannot also be a factor")
     if metric in blocks or set(blocks) & set(by): raise ValueError(f"block: {blocks} must differ from the metric and the factors {by}")
-    if pair is not None and (pair == metric or pair in by or pair in blocks):
-        raise ValueError(f"pair: {pair!r} must differ from the metric, the factors and the blocks")
+    if pair is not None and (pair == metric or pair in by):
+        raise ValueError(f"pair: {pair!r} must differ from the metric and the factors")
     clash = [c for c in by + blocks + ([pair] if pair else []) if c in _RESERVED]
     if clash: raise ValueError(f"by: factor names {clash} are reserved; rename those columns")
+    clash = [c for c in by if c in _TABLE_COLUMNS]
+    if clash: raise ValueError(f"by: factor names {clash} are column names of the summary tables; rename those columns")
     if len(runs) == 0: raise ValueError("runs: the table has no rows")
     value = _numeric_metric(runs, metric)
     isna = value.isna().to_numpy()
@@ -243,7 +248,7 @@ def prepare_runs(runs:pd.DataFrame, # one row per independent run
         i = (ok <= 0).idxmax()
         raise ValueError(f"{metric}: the log scale needs values > 0, got {int((ok <= 0).sum())} value(s) <= 0 "
                          f"(e.g. {float(ok[i]):g} at row {i}); use scale='linear' for a metric that can be zero or negative")
-    keep = by + blocks + ([pair] if pair else [])
+    keep = list(dict.fromkeys(by + blocks + ([pair] if pair else [])))
     d = pd.DataFrame({f: _hashable(runs[f]) for f in keep})
     for f in keep:
         if d[f].isna().any():

@@ -223,3 +223,56 @@ def test_mlenergy_reference_table():
     r = run_cli('compare', REFERENCE, '--metric', 'energy_per_token_joules', '--by', 'gpu_model', '--json')
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)['energy_label'] == 'provenance not recorded'
+
+
+def test_one_verdict_per_pair_with_the_adjustment_named():
+    # issue 14: "5 of 6 pairs differ (tukey)" beside "6 different" -- a pair with adjusted p = 0.179 was called
+    # different on its unadjusted p of 0.036. Find such pairs among seeded sweeps and check the verdicts now agree.
+    from energytok.stats_compare import compare_two
+    found = 0
+    for seed in range(40):
+        runs = simulate_runs({'dtype': {'a': 1.0, 'b': 1.04, 'c': 1.08, 'd': 1.12}}, n_reps=6, cv=0.05, seed=seed)
+        rep = compare_runs(runs, 'j_per_token', 'dtype', figures=False, cards=False, n_boot=200)
+        tab = rep.equivalence.merge(rep.pairwise.table[['a', 'b', 'reject', 'p']], on=['a', 'b'])
+        assert (tab.verdict.str.startswith('different') == tab.reject).all()
+        assert (tab.p_difference == rep.pairwise.table.p_adj.to_numpy()).all()
+        for r in tab.itertuples():
+            welch = compare_two(runs, 'j_per_token', 'dtype', a=r.a, b=r.b).p
+            if welch < 0.05 and not r.reject: found += 1; assert not r.verdict.startswith('different')
+        line = next(s for s in rep.to_dict()['summary'] if 'pairs differ' in s)
+        n_diff = int(line.split(' of ')[0])
+        counts = rep.equivalence.verdict.value_counts()
+        assert n_diff == counts.get('different', 0) + counts.get('different but within the margin', 0)
+        assert f"({'Tukey HSD' if rep.pairwise.method == 'tukey' else 'Games-Howell'}, adjusted p < 0.05)" in line
+    assert found > 0, 'no pair significant unadjusted but not after adjustment in these seeds'
+
+
+def test_compare_command_typ_block_and_pair(tmp_path):
+    warp = DATA / 'warpbreaks.csv'
+    out = {}
+    for typ in ('2', '3'):
+        r = run_cli('compare', warp, '--metric', 'breaks', '--by', 'tension', '--block', 'wool', '--scale', 'linear', '--typ', typ, '--json')
+        assert r.returncode == 0, r.stderr
+        out[typ] = json.loads(r.stdout)
+        assert out[typ]['typ'] == int(typ) and out[typ]['anova']['typ'] == int(typ) and out[typ]['blocks'] == ['wool']
+    tab = {row['term']: row for row in out['2']['anova']['table']}
+    assert set(tab) == {'tension', 'wool', 'Residual'} and abs(tab['tension']['F'] - 7.537) < 5e-4
+    assert out['2']['pairwise']['method'] == 'tukey' and {p['df'] for p in out['2']['pairwise']['pairs']} == {50}
+    assert run_cli('compare', warp, '--metric', 'breaks', '--by', 'tension', '--typ', '1').returncode == 2
+    r = run_cli('compare', DATA / 'sleep.csv', '--metric', 'extra', '--by', 'group', '--scale', 'linear', '--pair', 'ID', '--json')
+    assert r.returncode == 0, r.stderr
+    two = json.loads(r.stdout)['two_configurations']
+    assert two['test'] == 'paired' and abs(two['t'] - 4.0621) < 5e-5 and two['df'] == 9 and abs(two['wilcoxon_p'] - 0.009091) < 5e-7
+    r = run_cli('compare', DATA / 'sleep.csv', '--metric', 'extra', '--by', 'group', '--scale', 'linear')
+    assert r.returncode == 0 and '## Two configurations' in r.stdout and "Welch t(17.8) = 1.86, p = 0.0794" in r.stdout
+    assert 'not checked: no run order recorded' in r.stdout and 'successive runs are correlated' not in r.stdout
+
+
+def test_report_mixed_model_over_hosts(records):
+    hosts = records.assign(hostname=['node%d' % (i % 3) for i in range(len(records))])
+    rep = compare_runs(hosts, 'j_per_token', 'dtype,batch_size', figures=False, n_boot=200)
+    assert rep.mixed is not None and rep.mixed.n_groups == 3 and 0 <= rep.mixed.share < 1
+    assert '## Mixed model: random intercept per hostname' in rep.to_markdown()
+    assert rep.to_dict()['mixed_model']['n_groups'] == 3
+    one = compare_runs(records, 'j_per_token', 'dtype,batch_size', figures=False, n_boot=200)
+    assert one.mixed is None and any("every run was made on one hostname ('simulated')" in n for n in one.notes)
