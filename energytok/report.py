@@ -316,9 +316,10 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
             if hosts is None: rep.not_computed['mixed model'] = f"random: no column {group!r} in the runs"
             elif hosts.nunique() > 1:
                 rep.mixed = _attempt(rep, 'mixed model', mixed_model, runs.iloc[t.data['_row'].to_numpy()], t.metric, t.by, group, t.scale, ci)
-            elif random is None:
+            else:
                 notes.append(f"every run was made on one {group} ({hosts.iloc[0]!r}): the comparison holds for that machine; "
                              "nothing here measures how it carries over to others")
+                if random: rep.not_computed['mixed model'] = f"every analysed run has the same {group} ({hosts.iloc[0]!r})"
             lap('mixed model')
     if figures:
         checks = rep.assumptions
