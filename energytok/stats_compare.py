@@ -219,6 +219,16 @@ def _gauss_legendre(lo, hi, panels:int, nodes:int=8):
     pts = lo + width * np.arange(panels)[:, None] + width * (x + 1) / 2
     return pts.reshape(*pts.shape[:-2], -1), np.broadcast_to(width * w / 2, pts.shape).reshape(*pts.shape[:-2], -1)
 
+def _graded(lo, hi, panels:int=24, halvings:int=40):
+    "Gauss-Legendre nodes on [lo, hi]; where lo is 0, panels halving towards 0 as well, for an integrand like s^(df-1) there."
+    at0 = lo <= 0
+    a = np.where(at0, hi / 32, lo)
+    s1, w1 = _gauss_legendre(a, hi, panels)
+    edges = a[:, None] * 0.5 ** np.arange(halvings + 1) # a, a/2, a/4, ... towards 0
+    s2, w2 = _gauss_legendre(edges[:, 1:], edges[:, :-1], 1)
+    s2, w2 = s2.reshape(len(a), -1), (w2 * at0[:, None, None]).reshape(len(a), -1)
+    return np.concatenate([s1, s2], axis=1), np.concatenate([w1, w2], axis=1)
+
 @functools.lru_cache(maxsize=32)
 def _log_range_tail(k:int, top:float):
     "Cubic spline of log P(range of k standard normals > x) for x in [0, top]."
@@ -260,9 +270,9 @@ def studentized_range_sf(q, # studentized range statistic(s)
                 ls = np.where(s > 0, (nu - 1) * np.log(np.where(s > 0, s, 1.0)), np.where(nu == 1, 0.0, -np.inf))
             return ls - nu * s * s / 2
         mode = np.sqrt((nu - 1) / (nu + qq * qq / 2)); sd = 1 / np.sqrt(2 * (nu + qq * qq / 2))
-        s, ws = _gauss_legendre(np.maximum(0.0, mode - 16 * sd)[:, 0], (mode + 16 * sd)[:, 0], 24)
+        s, ws = _graded(np.maximum(0.0, mode - 16 * sd)[:, 0], (mode + 16 * sd)[:, 0])
         s0, sd0 = np.sqrt((nu - 1) / nu), 1 / np.sqrt(2 * nu)
-        t, wt = _gauss_legendre(np.maximum(0.0, s0 - 16 * sd0)[:, 0], (s0 + 16 * sd0 + np.where(nu < 3, 6.0, 0.0))[:, 0], 24)
+        t, wt = _graded(np.maximum(0.0, s0 - 16 * sd0)[:, 0], (s0 + 16 * sd0 + np.where(nu < 3, 6.0, 0.0))[:, 0])
         ref = logdens(s0)
         num = np.sum(np.exp(logdens(s) - ref) * _range_tail(qq * s, k) * ws, axis=-1)
         out[~inf] = num / np.sum(np.exp(logdens(t) - ref) * wt, axis=-1)
