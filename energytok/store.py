@@ -265,6 +265,19 @@ def folder_lock(folder, # the folder to hold (created if missing)
 
 
 # %% ../nbs/21_store.ipynb #76415b82
+def _record_lines(path:Path):
+    "Every readable record of one JSON Lines file, one at a time, and a final count of unreadable lines (as `read_records`)."
+    bad = 0
+    if path.exists():
+        with open(path, 'rb') as f:
+            for line in f:
+                if not line.strip(): continue
+                try: r = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError): bad += 1; continue
+                if isinstance(r, dict) and 'run_id' in r: yield r
+                else: bad += 1
+    yield bad
+
 def load_runs(path # a runs.jsonl file, or a folder searched recursively for *.jsonl
              ):
     "One row per completed run, columns `RUN_COLUMNS` first; empty (with the columns) when there are none."
@@ -272,19 +285,30 @@ def load_runs(path # a runs.jsonl file, or a folder searched recursively for *.j
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"path: {path} does not exist")
     files = sorted(f for f in path.rglob('*.jsonl') if f.name != 'requests.jsonl') if path.is_dir() else [path]  # requests of served runs are not runs
-    recs, bad = [], 0
+    # read column by column: a record's dict is dropped as soon as its values are filed
+    cols, seen, newer, bad, n, strings = {}, set(), set(), 0, 0, {} # repeated strings (model, dtype, ...) share one object
+    std, fast, rest = None, [], []
     for f in files:
-        r, b = read_records(f); recs += r; bad += b
+        for r in _record_lines(f):
+            if isinstance(r, int): bad += r; continue
+            if r['run_id'] in seen: continue
+            seen.add(r['run_id'])
+            if (r.get('schema_version') or 0) > SCHEMA_VERSION: newer.add(r.get('schema_version'))
+            keys = tuple(r)
+            if keys != std: # a record whose keys differ from the last one's: file it by name
+                for c in keys:
+                    if c not in cols: cols[c] = [math.nan] * n # a key a record lacks is NaN, as in a DataFrame of records
+                std = keys; fast = [cols[c] for c in keys]; rest = [v for c, v in cols.items() if c not in r]
+            for vals, v in zip(fast, r.values()): vals.append(strings.setdefault(v, v) if v.__class__ is str else v)
+            for vals in rest: vals.append(math.nan)
+            n += 1
     if bad: warnings.warn(f'{bad} unreadable line(s) skipped in {path} (a run cut off mid-write)')
-    newer = {r.get('schema_version') for r in recs if (r.get('schema_version') or 0) > SCHEMA_VERSION}
     if newer: warnings.warn(f'records with schema_version {sorted(newer)} are newer than this energytok ({SCHEMA_VERSION})')
-    seen, rows = set(), []
-    for r in recs:
-        if r['run_id'] in seen: continue
-        seen.add(r['run_id']); rows.append(r)
-    extra = [c for r in rows for c in r if c not in RUN_COLUMNS]
-    cols = list(RUN_COLUMNS) + list(dict.fromkeys(extra))
-    return pd.DataFrame(rows, columns=cols)
+    names = list(RUN_COLUMNS) + [c for c in cols if c not in RUN_COLUMNS]
+    if n == 0: return pd.DataFrame(columns=names)
+    for c in RUN_COLUMNS: cols.setdefault(c, [math.nan] * n)
+    data = {c: pd.Series(cols.pop(c)) for c in names} # each column's list freed once converted
+    return pd.DataFrame(data, columns=names, copy=False)
 
 # %% ../nbs/21_store.ipynb #e77ae359
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ def test_compare_command_markdown_and_files(tmp_path):
     r = run_cli('compare', DATA / 'PlantGrowth.csv', '--metric', 'weight', '--by', 'group', '--method', 'tukey', '--out', tmp_path / 'rep')
     assert r.returncode == 0, r.stderr
     assert '## Pairwise comparisons' in r.stdout and 'trt2' in r.stdout
+    # PlantGrowth records no run order, so there is no residuals-against-run-order figure (row order is not run order)
     assert sorted(p.name for p in (tmp_path / 'rep' / 'figures').iterdir()) == \
-        ['box_strip.png', 'ecdf.png', 'forest.png', 'interaction.png', 'qq.png', 'residuals_order.png']
+        ['box_strip.png', 'ecdf.png', 'forest.png', 'interaction.png', 'qq.png']
+    assert 'no run order recorded' in r.stdout
 
 
 @pytest.mark.parametrize('args, message', [
@@ -73,7 +75,6 @@ def test_compare_command_bad_arguments(args, message):
 def test_compare_command_bad_tables(tmp_path):
     tooth = pd.read_csv(DATA / 'ToothGrowth.csv')
     cases = {
-        'nan': (tooth.assign(len=tooth.len.where(tooth.index != 4)), 'len: 1 NaN/missing value(s), e.g. at rows [4]'),
         'one_run': (tooth.drop(tooth.index[(tooth.supp == 'OJ') & (tooth.dose == 2)][1:]), "'supp=OJ, dose=2' has 1"),
         'zero': (tooth.assign(len=tooth.len.where(tooth.index != 9, 0.0)), 'len: the log scale needs values > 0'),
         'text': (tooth.assign(len=tooth.len.astype(str).where(tooth.index != 2, 'oops')), "len: expected numbers, got 'oops'"),
@@ -84,6 +85,18 @@ def test_compare_command_bad_tables(tmp_path):
         assert r.returncode == 2, name
         assert message in r.stderr, (name, r.stderr)
     assert run_cli('compare', tmp_path / 'none.csv', '--metric', 'len', '--by', 'supp').returncode == 2
+
+
+def test_compare_command_leaves_out_a_missing_value(tmp_path):
+    # a run without the metric is counted and left out, not an error (it used to end the command)
+    tooth = pd.read_csv(DATA / 'ToothGrowth.csv')
+    path = tmp_path / 'nan.csv'; tooth.assign(len=tooth.len.where(tooth.index != 4)).to_csv(path, index=False)
+    r = run_cli('compare', path, '--metric', 'len', '--by', 'supp,dose', '--json')
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out['header']['runs analysed'] == 59 and out['header']['runs left out'] == 1
+    assert out['left_out'] == [dict(config='supp=VC, dose=0.5', runs=10, missing=1, left_out=1, reasons='no flag says why (1)', analysed='yes')]
+    assert out['summary'][0].startswith('1 of 60 runs left out of the statistics (1 without a len)')
 
 
 def test_report_command_on_a_store_folder(tmp_path, records):
@@ -210,3 +223,72 @@ def test_mlenergy_reference_table():
     r = run_cli('compare', REFERENCE, '--metric', 'energy_per_token_joules', '--by', 'gpu_model', '--json')
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)['energy_label'] == 'provenance not recorded'
+
+
+def test_one_verdict_per_pair_with_the_adjustment_named():
+    # issue 14: "5 of 6 pairs differ (tukey)" beside "6 different" -- a pair with adjusted p = 0.179 was called
+    # different on its unadjusted p of 0.036. Find such pairs among seeded sweeps and check the verdicts now agree.
+    from energytok.stats_compare import compare_two
+    found = 0
+    for seed in range(40):
+        runs = simulate_runs({'dtype': {'a': 1.0, 'b': 1.04, 'c': 1.08, 'd': 1.12}}, n_reps=6, cv=0.05, seed=seed)
+        rep = compare_runs(runs, 'j_per_token', 'dtype', figures=False, cards=False, n_boot=200)
+        tab = rep.equivalence.merge(rep.pairwise.table[['a', 'b', 'reject', 'p']], on=['a', 'b'])
+        assert (tab.verdict.str.startswith('different') == tab.reject).all()
+        assert (tab.p_difference == rep.pairwise.table.p_adj.to_numpy()).all()
+        for r in tab.itertuples():
+            welch = compare_two(runs, 'j_per_token', 'dtype', a=r.a, b=r.b).p
+            if welch < 0.05 and not r.reject: found += 1; assert not r.verdict.startswith('different')
+        line = next(s for s in rep.to_dict()['summary'] if 'pairs differ' in s)
+        n_diff = int(line.split(' of ')[0])
+        counts = rep.equivalence.verdict.value_counts()
+        assert n_diff == counts.get('different', 0) + counts.get('different but within the margin', 0)
+        assert f"({'Tukey HSD' if rep.pairwise.method == 'tukey' else 'Games-Howell'}, adjusted p < 0.05)" in line
+    assert found > 0, 'no pair significant unadjusted but not after adjustment in these seeds'
+
+
+def test_compare_command_typ_block_and_pair(tmp_path):
+    warp = DATA / 'warpbreaks.csv'
+    out = {}
+    for typ in ('2', '3'):
+        r = run_cli('compare', warp, '--metric', 'breaks', '--by', 'tension', '--block', 'wool', '--scale', 'linear', '--typ', typ, '--json')
+        assert r.returncode == 0, r.stderr
+        out[typ] = json.loads(r.stdout)
+        assert out[typ]['typ'] == int(typ) and out[typ]['anova']['typ'] == int(typ) and out[typ]['blocks'] == ['wool']
+    tab = {row['term']: row for row in out['2']['anova']['table']}
+    assert set(tab) == {'tension', 'wool', 'Residual'} and abs(tab['tension']['F'] - 7.537) < 5e-4
+    assert out['2']['pairwise']['method'] == 'tukey' and {p['df'] for p in out['2']['pairwise']['pairs']} == {50}
+    assert run_cli('compare', warp, '--metric', 'breaks', '--by', 'tension', '--typ', '1').returncode == 2
+    r = run_cli('compare', DATA / 'sleep.csv', '--metric', 'extra', '--by', 'group', '--scale', 'linear', '--pair', 'ID', '--json')
+    assert r.returncode == 0, r.stderr
+    two = json.loads(r.stdout)['two_configurations']
+    assert two['test'] == 'paired' and abs(two['t'] - 4.0621) < 5e-5 and two['df'] == 9 and abs(two['wilcoxon_p'] - 0.009091) < 5e-7
+    r = run_cli('compare', DATA / 'sleep.csv', '--metric', 'extra', '--by', 'group', '--scale', 'linear')
+    assert r.returncode == 0 and '## Two configurations' in r.stdout and "Welch t(17.8) = 1.86, p = 0.0794" in r.stdout
+    assert 'not checked: no run order recorded' in r.stdout and 'successive runs are correlated' not in r.stdout
+
+
+def test_report_mixed_model_over_hosts(records):
+    hosts = records.assign(hostname=['node%d' % (i % 3) for i in range(len(records))])
+    rep = compare_runs(hosts, 'j_per_token', 'dtype,batch_size', figures=False, n_boot=200)
+    assert rep.mixed is not None and rep.mixed.n_groups == 3 and 0 <= rep.mixed.share < 1
+    assert '## Mixed model: random intercept per hostname' in rep.to_markdown()
+    assert rep.to_dict()['mixed_model']['n_groups'] == 3
+    one = compare_runs(records, 'j_per_token', 'dtype,batch_size', figures=False, n_boot=200)
+    assert one.mixed is None and any("every run was made on one hostname ('simulated')" in n for n in one.notes)
+
+
+def test_report_goes_beside_its_results_and_never_replaces_another_silently(tmp_path, capsys):
+    from energytok.cli import main
+    from energytok.card import simulated_records
+    from energytok.stats_describe import simulate_runs
+    from energytok.store import RunStore
+    for name, seed in (('a', 1), ('b', 2)):
+        store = RunStore(tmp_path/name/'runs.jsonl')
+        for r in simulated_records(simulate_runs(n_reps=4, seed=seed)).to_dict(orient='records'): store.append(r)
+    assert main(['report', str(tmp_path/'a'), '--no-figures']) == 0
+    assert (tmp_path/'a'/'report'/'report.md').exists() and str(tmp_path/'a'/'report') in capsys.readouterr().out
+    assert main(['report', str(tmp_path/'a'), '--no-figures']) == 0  # the same results again: replaced
+    assert main(['report', str(tmp_path/'b'), '--no-figures', '--out', str(tmp_path/'a'/'report')]) == 2
+    assert 'holds the report of other results' in capsys.readouterr().err
+    assert main(['report', str(tmp_path/'b'), '--no-figures', '--out', str(tmp_path/'a'/'report'), '--force']) == 0

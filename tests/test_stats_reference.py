@@ -28,6 +28,9 @@ def tooth(): return pd.read_csv(DATA / 'ToothGrowth.csv')
 @pytest.fixture(scope='module')
 def plants(): return pd.read_csv(DATA / 'PlantGrowth.csv')
 
+@pytest.fixture(scope='module')
+def warp(): return pd.read_csv(DATA / 'warpbreaks.csv')
+
 
 def within_printed(x, printed, digits):
     "True if `x` rounds to R's printed value with `digits` decimals."
@@ -185,3 +188,59 @@ def test_descriptives_sleep(sleep):
     d = describe_runs(sleep, 'extra', 'group', scale='linear', n_boot=200).table
     assert all(within_printed(x, p, 6) for x, p in zip(d['sd'], [1.789010, 2.002249]))
     assert d['median'].tolist() == [0.35, 1.75]
+
+
+def test_warpbreaks_is_the_published_data_set(warp):
+    # R: with(warpbreaks, tapply(breaks, list(wool, tension), mean)): A 44.55556 24.00000 24.55556; B 28.22222 28.77778 18.77778
+    cell = warp.groupby(['wool', 'tension'], sort=False).breaks.mean().round(5)
+    assert cell.tolist() == [44.55556, 24.0, 24.55556, 28.22222, 28.77778, 18.77778]
+    assert len(warp) == 54 and warp.groupby(['wool', 'tension']).size().eq(9).all()
+
+
+def test_blocked_anova_warpbreaks(warp):
+    # R: summary(aov(breaks ~ wool + tension, data = warpbreaks))
+    #             Df Sum Sq Mean Sq F value  Pr(>F)
+    # wool         1    451   450.7   3.339 0.07361 .
+    # tension      2   2034  1017.1   7.537 0.00138 **
+    # Residuals   50   6748   135.0
+    for typ in (2, 3):
+        tab = anova(warp, 'breaks', 'tension', scale='linear', block='wool', typ=typ).table.set_index('term')
+        assert tab.df.tolist() == [2, 1, 50]
+        assert within_printed(tab.F['wool'], 3.339, 3) and within_printed(tab.p['wool'], 0.07361, 5)
+        assert within_printed(tab.F['tension'], 7.537, 3) and within_printed(tab.p['tension'], 0.00138, 5)
+        assert within_printed(tab.mean_sq['wool'], 450.7, 1) and within_printed(tab.mean_sq['tension'], 1017.1, 1)
+        assert within_printed(tab.mean_sq['Residual'], 135.0, 1)
+
+
+def test_blocked_tukey_hsd_warpbreaks(warp):
+    # R: TukeyHSD(aov(breaks ~ wool + tension, data = warpbreaks), "tension")
+    #          diff        lwr        upr     p adj
+    # M-L -10.000000 -19.35342 -0.6465793 0.0336262
+    # H-L -14.722222 -24.07564 -5.3688015 0.0011218
+    # H-M  -4.722222 -14.07564  4.6311985 0.4474210
+    # (issue 11 quotes these as M-L -10.000, p adj 0.0336; H-L -14.722, 0.0011; H-M -4.722, 0.447.)
+    # Levels sort H, L, M here, so L-H and M-H are R's H-L and H-M with the sign turned.
+    tab = pairwise(warp, 'breaks', 'tension', method='tukey', scale='linear', block='wool').table
+    rows = {(r.a, r.b): r for r in tab.itertuples()}
+    for (a, b), sign, diff, lwr, upr, p in [(('M', 'L'), 1, -10.000000, -19.35342, -0.6465793, 0.0336262),
+                                            (('L', 'H'), -1, -14.722222, -24.07564, -5.3688015, 0.0011218),
+                                            (('M', 'H'), -1, -4.722222, -14.07564, 4.6311985, 0.4474210)]:
+        r = rows[(a, b)]
+        assert within_printed(sign * r.diff, diff, 6)
+        lo, hi = sorted([sign * r.ci_low, sign * r.ci_high])
+        assert within_printed(lo, lwr, 5) and within_printed(hi, upr, 5)
+        assert within_printed(r.p_adj, p, 7)
+        assert r.df == 50
+
+
+def test_paired_t_test_and_signed_rank_sleep(sleep):
+    # R: t.test(extra ~ group, data = sleep, paired = TRUE)
+    # t = -4.0621, df = 9, p-value = 0.002833; 95 percent confidence interval: -2.4598858 -0.7001142
+    # (issue 11 quotes the interval as -2.4598 to -0.7002, a rounding of R's printed one.)
+    # R: wilcox.test(extra ~ group, data = sleep, paired = TRUE) (with ties and a zero: normal approximation,
+    # continuity correction): V = 0, p-value = 0.009091
+    r = compare_two(sleep, 'extra', 'group', a=1, b=2, scale='linear', pair='ID')
+    assert r.test == 'paired' and r.df == 9 and r.n_a == 10
+    assert within_printed(r.t, -4.0621, 4) and within_printed(r.p, 0.002833, 6)
+    assert within_printed(r.ci_low, -2.4598858, 7) and within_printed(r.ci_high, -0.7001142, 7)
+    assert r.wilcoxon_v == 0 and within_printed(r.wilcoxon_p, 0.009091, 6)
