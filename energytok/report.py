@@ -156,14 +156,17 @@ class ComparisonReport:
 
 # %% ../nbs/35_report.ipynb #b54d5c17
 def _config_table(t, desc, runs):
-    "Descriptives with each configuration's energy provenance label."
+    "Descriptives with each configuration's energy provenance label and, where the records say, the devices it metered."
+    from energytok.card import recorded_devices, devices_text
     tab = desc.table.drop(columns=desc.by).copy()
     codes = t.data['_config'].to_numpy()
-    labels = []
+    labels, devices = [], []
     for c in tab['config']:
         sub = runs.iloc[np.flatnonzero(codes == c)]
         labels.append(energy_label(*energy_provenance(sub)))
+        devices.append(recorded_devices(sub)[0])
     tab['energy'] = labels
+    if any(d is not None for d in devices): tab['devices'] = [devices_text(d) for d in devices]  # GPUs metered, beside the energy
     return tab
 
 def _equivalence_table(t, pw, margin, alpha):

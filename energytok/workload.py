@@ -201,7 +201,11 @@ def make_meters(devices:list, # the devices of the runs, e.g. ['cuda:0', 'cuda:0
     for d in devices:
         g = meter_gpus(d, gpus)
         if _gpus_key(g) not in out:
-            choice = choose_sensors(g, **(sensor_options or {}))
+            try: choice = choose_sensors(g, **(sensor_options or {}))
+            except ValueError as e:
+                if gpus is not None: raise
+                raise ValueError(f"device: the GPUs of {d!r} cannot be metered, so no run on it is ({e}); meter other GPUs with "
+                                 "gpus= (--gpus), or give a meter of your own") from e
             out[_gpus_key(g)] = (Meter(choice.sensors, period_s), choice)
     return out
 
