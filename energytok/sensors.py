@@ -436,7 +436,7 @@ def describe_sensors(**options, # options of the sensor kinds (see `sensor_statu
 # %% ../nbs/10_sensors.ipynb #6a71e3df
 @call_parse
 def sensors_cli(json:bool=False, # print JSON instead of a table
-                gpus:str=None, # GPUs a run would meter: 'all' (default), ordinals or UUIDs, comma-separated
+                gpus:str=None, # GPUs a run would meter: 'all' (default), 'none', ordinals or UUIDs, comma-separated
                ) -> int:
     "List what this machine can measure, how (measured or estimated), and why a sensor is absent."
     import json as _json

@@ -113,6 +113,15 @@ def test_a_sweep_over_devices_meters_each_run_on_its_own_gpus(tmp_path, cuda4):
         assert uuids(r.metered_devices) == [{'cuda:0': 'GPU-fake-2', 'cuda:3': 'GPU-fake-1'}[r.device]] and len(r.unmetered_devices) == 3
 
 
+def test_each_meter_of_a_sweep_has_its_own_idle_baseline(tmp_path, cuda4):
+    sw = Sweep({'device': ['cuda:0', 'cuda:3']}, repetitions=1, warmup=0, idle_s=0.1, name='idle', base=dict(model='lm', new_tokens=8))
+    res = run_sweep(sw, tmp_path, backends={'lm': lm}, progress=False,
+                    sensor_options=dict(nvml=four_gpus(), env={'CUDA_VISIBLE_DEVICES': '2,3,0,1'}, rapl_root=NO_RAPL))
+    assert {k: round(v.power_w) for k, v in res.idle.items()} == {'0': 300, '3': 200}  # one meter per GPU, each its own idle
+    df = res.runs()
+    assert dict(zip(df.device, df.idle_power_w.round())) == {'cuda:0': 300.0, 'cuda:3': 200.0}
+
+
 def test_gpus_overrides_the_choice_and_a_cpu_run_meters_no_gpu(tmp_path, cuda4):
     every = sweep(tmp_path, 'all', nvml=four_gpus(), gpus='all')
     assert set(every.n_devices) == {4} and all(u == [] for u in every.unmetered_devices)
