@@ -23,8 +23,10 @@ class NodeInfo:
     sampler:int|None # the rank that samples it (its lowest local rank that may); None: nobody meters it
     clock_offset_s:float|None=None # its monotonic clock minus rank 0's, s
     clock_uncertainty_s:float|None=None # half the round trip of the best offset measurement, s
-    sensors:list=field(default_factory=list) # its meter's sensors, as dicts of domain, provenance, estimated
+    sensors:list=field(default_factory=list) # its meter's sensors, as dicts of domain, provenance, estimated, device (a GPU's, else None)
     meter_error:str|None=None # why its meter could not start (its energy is then missing)
+    gpus:object=None # the GPUs its ranks use, which its sampler meters: CUDA ordinals or UUIDs, or 'all' (None: not said, every GPU)
+    unmetered_devices:list|None=None # its visible GPUs that no rank of it uses, not metered (None: not known)
 
     def describe(self) -> str:
         "The node in words, for flags: name, host and ranks."

@@ -352,7 +352,7 @@ def load_curve_table(runs, # served-run records with `concurrency` (`energytok b
                      hardware=None, # a `HardwareSpec` or a name in `HARDWARE`; default from `device_name`
                      active_params:float=None, # parameters active per token (the compute ceiling needs them)
                      dtype:str=None, # compute dtype for the peak; default the records' `dtype`, else bf16
-                     n_devices:int=None, # devices metered; default the GPU domains of `energy_by_domain_j` (at least 1)
+                     n_devices:int=None, # devices metered; default the records' `n_devices`, else the GPU domains of `energy_by_domain_j` (at least 1)
                     ) -> pd.DataFrame:
     "Per concurrency: J/token (geometric mean and interval), tokens/s, power, and the TPF's ceilings and binding stave where known."
     from energytok.checks import check_columns
@@ -368,6 +368,8 @@ def load_curve_table(runs, # served-run records with `concurrency` (`energytok b
     spec = spec or hardware_for_device(name)
     recorded = closed['dtype'].dropna() if 'dtype' in closed else []
     dt = dtype or (str(recorded.iloc[0]) if len(recorded) else 'bf16')
+    named = pd.to_numeric(closed['n_devices'], errors='coerce').dropna() if 'n_devices' in closed else pd.Series(dtype=float)
+    if n_devices is None and len(named) and named.max() > 0: n_devices = int(named.max())  # what the records say they metered
     if n_devices is None:
         doms = closed['energy_by_domain_j'].map(lambda d: sum(str(k).startswith('gpu:') for k in d) if isinstance(d, dict) else 0) \
             if 'energy_by_domain_j' in closed else pd.Series([0])
@@ -403,7 +405,7 @@ def load_curve(runs, # served-run records with `concurrency` (`energytok bench-s
                hardware=None, # a `HardwareSpec` or a name in `HARDWARE`; default from `device_name`
                active_params:float=None, # parameters active per token (the compute ceiling needs them)
                dtype:str=None, # compute dtype for the peak; default the records' `dtype`, else bf16
-               n_devices:int=None, # devices metered; default the GPU domains of `energy_by_domain_j`
+               n_devices:int=None, # devices metered; default the records' `n_devices`, else the GPU domains of `energy_by_domain_j`
                energy_tag:str=None, # provenance label of the energy axis; default from the records
               ) -> Plot:
     "J/token and throughput against concurrency, with the TPF's compute and power ceilings where the hardware is known."

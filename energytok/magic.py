@@ -45,14 +45,17 @@ class JoulesMagics(Magics):
     @argument('-p', '--period', type=float, default=0.1, help='sampling period in seconds (default 0.1)')
     @argument('-n', '--name', default='cell', help='window name (default "cell")')
     @argument('-q', '--quiet', action='store_true', help='print nothing (use with -o)')
+    @argument('-g', '--gpus', default=None, help="meter these GPUs (e.g. 0,1 or cuda:1) and the CPU domains instead of the magic's sensors")
     @cell_magic
     def joules(self, line, cell):
         "Run the cell under the energy meter and print its energy, average power, duration and provenance."
         args = parse_argstring(self.joules, line)
-        if self.sensors is None:
-            from energytok.sensors import available_sensors
-            self.sensors = available_sensors()
-        with Meter(self.sensors, period_s=args.period, sync=_cuda_sync) as m:
+        from energytok.sensors import available_sensors
+        if args.gpus is not None: sensors = available_sensors(gpus=args.gpus)
+        else:
+            if self.sensors is None: self.sensors = available_sensors()
+            sensors = self.sensors
+        with Meter(sensors, period_s=args.period, sync=_cuda_sync) as m:
             with m.window(args.name) as w: run = self.shell.run_cell(cell)
         r = w.result
         if not run.success: r.flags.append('exception-in-window: the cell raised')

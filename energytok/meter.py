@@ -232,14 +232,16 @@ class Meter:
     "Sample sensors in a background thread and measure named windows."
     edge_reads = 3  # reads tried at a window edge before the edge is left to later samples
     def __init__(self,
-                 sensors:list|None=None, # sensors to sample (None: `available_sensors()`)
+                 sensors:list|None=None, # sensors to sample (None: `available_sensors(gpus=gpus)`)
                  period_s:float=0.1, # sampling period, s (1 ms to 1 h)
                  sync=None, # callable run at each window edge, e.g. `torch.cuda.synchronize`
                  max_samples:int=100_000, # samples kept per sensor for traces (memory bound)
+                 gpus=None, # without `sensors`: the GPUs to meter with this machine's CPU domains ('cuda:0', '0,1', UUIDs, 'none'; None: every visible GPU)
                 ):
         if sensors is None:
             from energytok.sensors import available_sensors
-            sensors = available_sensors()
+            sensors = available_sensors(gpus=gpus)
+        elif gpus is not None: raise ValueError(f"gpus: {gpus!r} chooses sensors, but `sensors` were given too; pass one of them")
         sensors = [sensors] if isinstance(sensors, Sensor) else list(sensors)
         if not sensors: raise ValueError("sensors: expected at least one sensor, got none")
         domains = [s.domain for s in sensors]

@@ -231,7 +231,9 @@ def token_metrics(runs, # a table of runs (`load_runs`)
         known = jpt.notna() & g.energy_j.astype(float).notna()  # a run whose sensor failed has no energy: left out, counted
         good_tok = float(g.decode_tokens[g._good & known].sum())
         e_all = float(g.energy_j[known].astype(float).sum())
-        row.update(n_runs=len(g), n_energy_missing=int((~known).sum()), j_per_token=jpt[known].mean(),
+        nd = pd.to_numeric(g['n_devices'], errors='coerce').dropna() if 'n_devices' in g else pd.Series(dtype=float)
+        row.update(n_runs=len(g), n_energy_missing=int((~known).sum()), n_devices=int(nd.max()) if len(nd) else None,
+                   j_per_token=jpt[known].mean(),
                    j_per_token_sd=jpt[known].std(ddof=1) if known.sum() > 1 else float('nan'),
                    j_per_token_pue=float((jpt * g._pue)[known].mean()), pue=float(g._pue.mean()),
                    prefill_j_per_token=g.prefill_j_per_token.astype(float).mean(),

@@ -237,12 +237,13 @@ def _one_gpu(g, n:int, uuids:list) -> int:
     if not 0 <= s < n: raise ValueError(f"gpus: {g!r} is not a visible GPU; {n} visible" + (f" (cuda:0 to cuda:{n - 1})" if n else ''))
     return s
 
-def select_gpus(gpus, # None or 'all', an ordinal, 'cuda:N', a UUID, or a list or comma-separated string of these
+def select_gpus(gpus, # None or 'all', 'none', an ordinal, 'cuda:N', a UUID, or a list or comma-separated string of these
                 n_visible:int, # GPUs CUDA sees
                 uuids:list=(), # their UUIDs, by CUDA ordinal (for selection by UUID)
                ) -> list:
-    "The CUDA ordinals `gpus` names, in order, each once."
+    "The CUDA ordinals `gpus` names, in order, each once ('none': no GPU)."
     if gpus is None or (isinstance(gpus, str) and gpus.strip() == 'all'): return list(range(n_visible))
+    if isinstance(gpus, str) and gpus.strip() == 'none': return []
     items = [t for t in gpus.split(',') if t.strip()] if isinstance(gpus, str) else \
             list(gpus) if isinstance(gpus, (list, tuple, set, range)) else [gpus]
     if not items: raise ValueError(f"gpus: expected at least one GPU, got {gpus!r}")
@@ -316,8 +317,8 @@ def _visible_from_cuda(devices:list, uuids:list) -> tuple:
         out.append(by[_norm_uuid(u)])
     return out, ''
 
-def _unmetered(nv, d:dict, k:int) -> dict:
-    "A visible GPU left out of the selection, as a record lists it."
+def _device_dict(nv, d:dict, k:int) -> dict:
+    "A visible GPU `cuda:k` as a record lists it (one left out of the selection, or one that cannot be metered)."
     limit = None
     if d['handle'] is not None:
         try: limit = nv.nvmlDeviceGetEnforcedPowerLimit(d['handle']) / 1000
@@ -364,11 +365,14 @@ def gpu_sensors(gpus=None, # GPUs to meter: None or 'all', ordinals, 'cuda:N', U
         d, mig = visible[k]
         if d['nvml_index'] in seen and mig and seen[d['nvml_index']].present:  # a second instance of a GPU already metered
             seen[d['nvml_index']].sensor.mig.append(mig['uuid']); continue
-        statuses.append(_device_status(nv, d, f'gpu:{k}', mig, mig_parent))
-        seen[d['nvml_index']] = statuses[-1]
+        st = _device_status(nv, d, f'gpu:{k}', mig, mig_parent)
+        st.device = st.sensor.device_info() if st.present else _device_dict(nv, d, k)
+        statuses.append(st)
+        seen[d['nvml_index']] = st
     left_out = [(k, d) for k, (d, _) in enumerate(visible) if k not in chosen]
-    unmetered = [_unmetered(nv, d, k) for k, d in left_out]
-    statuses += [SensorStatus('nvml', f'gpu:{k}', False, reason=f"visible, not metered (gpus={gpus!r})", selected=False) for k, _ in left_out]
+    unmetered = [_device_dict(nv, d, k) for k, d in left_out]
+    statuses += [SensorStatus('nvml', f'gpu:{k}', False, reason=f"visible, not metered (gpus={gpus!r})", selected=False, device=u)
+                 for (k, _), u in zip(left_out, unmetered)]
     if note: statuses.append(SensorStatus('nvml', f'gpu:{len(visible)}', False, reason=note))
     return GPUSelection(statuses, unmetered, notes, gpus)
 

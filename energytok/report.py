@@ -191,6 +191,10 @@ def _config_table(t, desc, runs):
     sub = runs[cols].iloc[t.data['_row'].to_numpy()].assign(_config=t.data['_config'].to_numpy())
     sub = sub.drop_duplicates()
     tab['energy'] = [energy_label(*energy_provenance(sub[sub['_config'] == c])) for c in tab['config']]
+    if 'metered_devices' in runs.columns or 'n_devices' in runs.columns:  # the GPUs metered, beside the energy
+        from energytok.card import recorded_devices, devices_text
+        devices = [recorded_devices(runs.iloc[t.rows(c)])[0] for c in tab['config']]
+        if any(d is not None for d in devices): tab['devices'] = [devices_text(d) for d in devices]
     return tab
 
 def _equivalence_table(t, pw, margin, alpha):

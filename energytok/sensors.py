@@ -7,8 +7,8 @@ Docs: https://energytok.github.io/energytok/sensors.html.md"""
 # %% auto #0
 __all__ = ['now_s', 'SENSOR_KINDS', 'SENSOR_KIND_MODULES', 'SensorError', 'Reading', 'CounterUnwrap', 'Sensor', 'Trace',
            'load_trace', 'save_trace', 'ReplaySensor', 'codecarbon_cpu_tdp', 'CodecarbonCPUEstimate', 'SensorStatus',
-           'estimate_status', 'register_sensor_kind', 'sensor_kinds', 'sensor_statuses', 'available_sensors',
-           'describe_sensors', 'sensors_cli']
+           'estimate_status', 'register_sensor_kind', 'sensor_kinds', 'sensor_statuses', 'SensorChoice',
+           'choose_sensors', 'available_sensors', 'describe_sensors', 'sensors_cli']
 
 # %% ../nbs/10_sensors.ipynb #9a202aa0
 import bisect, csv, functools, importlib, inspect, json, logging, math, numbers, os, tempfile, time
@@ -91,6 +91,10 @@ class Sensor:
 
     def temperature_c(self) -> float|None:
         "Temperature of the device in °C where the sensor knows it."
+        return None
+
+    def device_info(self) -> dict|None:
+        "The device this sensor meters, as a run record names it (index, UUID, name, power limit); None for a domain that is no device (a CPU package, DRAM, an estimate, a replay)."
         return None
 
     def close(self): "Release the sensor's resources."
@@ -307,6 +311,7 @@ class SensorStatus:
     reason: str = ''  # why it is absent, or caveats when present
     sensor: Sensor|None = None  # the sensor itself when present
     selected: bool = True  # False: on this machine, but left out by a device selection (not metered)
+    device: dict|None = None  # the device it is about, as a record names it (a GPU chosen or left out); None: no device
 
     def to_dict(self) -> dict:
         return dict(kind=self.kind, domain=self.domain, present=self.present, selected=self.selected, provenance=self.provenance,
@@ -357,18 +362,69 @@ def sensor_statuses(estimate:bool=True, # add the CPU estimate's status
     out = [st for fn in kinds.values() for st in fn(**_kind_options(fn, options))]
     return out + [estimate_status()] if estimate else out
 
-# %% ../nbs/10_sensors.ipynb #28f0a46d
-def available_sensors(gpus=None, # GPUs to meter: None or 'all' (every visible GPU), ordinals, 'cuda:N', UUIDs
-                      estimate:bool|None=None, # add the CPU estimate: True always, False never, None only when nothing is measured
-                      **options, # options of the sensor kinds (see `sensor_statuses`)
-                     ) -> list:
-    "The sensors to meter with: the chosen GPUs and the RAPL domains, else the labelled codecarbon CPU estimate."
+# %% ../nbs/10_sensors.ipynb #d96e60e6
+@dataclass
+class SensorChoice:
+    "The sensors a run meters, the devices among them, and the visible devices it leaves out."
+    sensors: list  # the sensors to meter with
+    unmetered_devices: list|None = None  # one dict per visible device left out (index, UUID, name, power limit, ...); None: not known
+    gpus: object = None  # the selection asked for (None: every visible GPU)
+
+    @classmethod
+    def of(cls, sensors:list):
+        "A choice of given sensors: their devices are known, the devices left out are not."
+        return cls([sensors] if isinstance(sensors, Sensor) else list(sensors), None)
+
+    @property
+    def metered_devices(self) -> list:
+        "One dict per metered device (index, UUID, name, power limit, ...), from each sensor that reads one."
+        return [d for s in self.sensors if (d := getattr(s, 'device_info', lambda: None)()) is not None]
+    @property
+    def n_devices(self) -> int: return len(self.metered_devices)
+
+    def columns(self) -> dict:
+        "The run record's device columns: `metered_devices`, `n_devices`, `unmetered_devices`."
+        return dict(metered_devices=self.metered_devices, n_devices=self.n_devices, unmetered_devices=self.unmetered_devices)
+
+    def __repr__(self):
+        met = ', '.join(f"{d['index']}:{d['name']}" for d in self.metered_devices) or 'none'
+        left = 'unknown' if self.unmetered_devices is None else len(self.unmetered_devices)
+        return f"SensorChoice(devices metered: {met}; visible, not metered: {left}; sensors: {[s.domain for s in self.sensors]})"
+
+# %% ../nbs/10_sensors.ipynb #bbc42d74
+def _check_named(gpus, statuses:list, found:list):
+    "Raise `ValueError` when the GPUs `gpus` names (not 'none') cannot all be metered, with each one's reason."
+    if isinstance(gpus, str) and gpus.strip() == 'none': return
+    bad = [s for s in statuses if s.selected and not s.present and s.device is not None]
+    if bad:
+        raise ValueError(f"gpus: {gpus!r} names {', '.join(s.domain for s in bad)}, which cannot be metered: " +
+                         '; '.join(f'{s.domain}: {s.reason}' for s in bad))
+    if not any(getattr(s, 'device_info', lambda: None)() for s in found):
+        why = '; '.join(s.reason for s in statuses if not s.present and s.domain.startswith('gpu')) or 'no GPU sensor found'
+        raise ValueError(f"gpus: {gpus!r} names GPUs to meter, but none can be metered here: {why}")
+
+def choose_sensors(gpus=None, # GPUs to meter: None (every visible GPU, whatever is found), 'all', 'none', ordinals, 'cuda:N', UUIDs
+                   estimate:bool|None=None, # add the CPU estimate: True always, False never, None only when nothing is measured
+                   **options, # options of the sensor kinds (see `sensor_statuses`)
+                  ) -> SensorChoice:
+    "The sensors to meter with, the devices they are and the visible devices left out; a named GPU that cannot be metered raises."
     if gpus is not None: options['gpus'] = gpus
-    found = [s.sensor for s in sensor_statuses(estimate=False, **options) if s.present and s.selected]
+    statuses = sensor_statuses(estimate=False, **options)
+    found = [s.sensor for s in statuses if s.present and s.selected]
+    if gpus is not None: _check_named(gpus, statuses, found)
     if estimate or (estimate is None and not found):
         st = estimate_status()
         if st.present: found.append(st.sensor)
-    return found
+    return SensorChoice(found, [s.device for s in statuses if not s.selected and s.device is not None], gpus)
+
+# %% ../nbs/10_sensors.ipynb #28f0a46d
+def available_sensors(gpus=None, # GPUs to meter: None or 'all' (every visible GPU), 'none', ordinals, 'cuda:N', UUIDs
+                      estimate:bool|None=None, # add the CPU estimate: True always, False never, None only when nothing is measured
+                      **options, # options of the sensor kinds (see `sensor_statuses`)
+                     ) -> list:
+    "The sensors to meter with: the chosen GPUs and the RAPL domains, else the labelled codecarbon CPU estimate (see `choose_sensors`)."
+    return choose_sensors(gpus, estimate, **options).sensors
+
 
 # %% ../nbs/10_sensors.ipynb #845ac952
 def describe_sensors(**options, # options of the sensor kinds (see `sensor_statuses`)
@@ -380,7 +436,7 @@ def describe_sensors(**options, # options of the sensor kinds (see `sensor_statu
 # %% ../nbs/10_sensors.ipynb #6a71e3df
 @call_parse
 def sensors_cli(json:bool=False, # print JSON instead of a table
-                gpus:str=None, # GPUs a run would meter: 'all' (default), ordinals or UUIDs, comma-separated
+                gpus:str=None, # GPUs a run would meter: 'all' (default), 'none', ordinals or UUIDs, comma-separated
                ) -> int:
     "List what this machine can measure, how (measured or estimated), and why a sensor is absent."
     import json as _json

@@ -6,11 +6,10 @@ Docs: https://energytok.github.io/energytok/serving.html.md"""
 
 # %% auto #0
 __all__ = ['LoadLevel', 'load_levels', 'SteadyState', 'LevelRun', 'run_level', 'level_figures', 'PlannedLevel', 'ServeBench',
-           'request_record', 'load_requests', 'BenchResult', 'meter_sensors', 'bench_serve', 'level_table',
-           'bench_serve_cli']
+           'request_record', 'load_requests', 'BenchResult', 'bench_serve', 'level_table', 'bench_serve_cli']
 
 # %% ../nbs/26_serving.ipynb #97af65b3
-import sys, json, math, time, random, asyncio, hashlib, inspect, os
+import sys, json, math, time, random, asyncio, hashlib, os
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from fastcore.script import call_parse
@@ -371,15 +370,6 @@ class BenchResult:
         return (f'BenchResult({self.sweep_id!r}: {self.measured} levels measured, {self.skipped} already done, of {self.planned}; '
                 f'{self.failed_requests} of {self.sent_requests} requests failed; {self.path})')
 
-def meter_sensors(gpus=None # the GPUs to meter, e.g. '0,1' (None: every local device)
-                 ) -> list:
-    "The sensors to meter: `available_sensors()`, narrowed to `gpus` when the sensors layer can select devices."
-    from energytok.sensors import available_sensors
-    if gpus is None: return available_sensors()
-    if 'gpus' in inspect.signature(available_sensors).parameters: return available_sensors(gpus=gpus)
-    raise ValueError(f"gpus: choosing the metered GPUs ({gpus!r}) needs device selection in the sensors layer, which this "
-                     "energytok does not have yet; leave --gpus out to meter every local device")
-
 async def _warmup(ep:Endpoint, prompts:list, bench:ServeBench):
     "Send `bench.warmup` requests one by one; raise on the first failure with its error."
     import httpx
@@ -398,14 +388,15 @@ def _manifest(bench:ServeBench, runs:list) -> dict:
 # %% ../nbs/26_serving.ipynb #f54f3b2f
 def bench_serve(bench:ServeBench, # the design
                 out='results', # folder that holds one subfolder per sweep
-                meter=None, # a `Meter` (started or not); None makes one over `meter_sensors(gpus)`
+                meter=None, # a `Meter` (started or not); None makes one over `choose_sensors(gpus)`
                 tokenizer=None, # a local tokenizer, to count tokens when the server sends no usage
-                gpus=None, # GPUs to meter when `meter` is None (see `meter_sensors`)
+                gpus=None, # GPUs to meter when `meter` is None: ordinals or UUIDs, 'all' (None: every local GPU)
                 progress:bool=True, # show a progress bar
                ) -> BenchResult:
     "Measure every level of `bench` not yet on disk: requests to requests.jsonl, one run record per level to runs.jsonl."
     from tqdm import tqdm
-    from energytok.workload import environment, temperature_c
+    from energytok.workload import environment, temperature_c, meter_devices
+    from energytok.sensors import choose_sensors
     ep = resolve_model(bench.endpoint, bench.connect_timeout_s)
     bench = replace(bench, endpoint=ep)
     prompts = sample_prompts(load_prompts(bench.dataset), bench.num_prompts, bench.seed)
@@ -422,12 +413,15 @@ def bench_serve(bench:ServeBench, # the design
     res = BenchResult(bench.sweep_id, store.path, len(planned), 0, len(planned) - len(todo))
     if not todo: return res
     from energytok.meter import Meter
-    meter = meter or Meter(meter_sensors(gpus))
+    if meter is not None and gpus is not None: raise ValueError(f"gpus: {gpus!r} chooses the sensors of a meter bench_serve makes; the given meter has its own")
+    choice = choose_sensors(gpus) if meter is None else None
+    meter = meter or Meter(choice.sensors)
+    devices = meter_devices(meter, choice)
     was_running = meter.running
     if not was_running: meter.start()
     try:
-        gpu = next((s.domain for s in meter.sensors if s.domain.startswith('gpu:')), None)
-        device = 'cpu' if gpu is None else 'cuda:' + gpu.split(':')[1]
+        gpus = [s.domain[4:] for s in meter.sensors if s.domain[:4] == 'gpu:' and s.domain[4:].isdigit()]
+        device = 'cuda:' + ','.join(gpus) if gpus else 'cpu'  # the metered GPUs, as the record's environment names them
         env = environment(device, meter.sensors)
         if bench.idle_s: meter.measure_idle(bench.idle_s)
         if bench.warmup: run_async(_warmup(ep, prompts, bench))
@@ -449,7 +443,7 @@ def bench_serve(bench:ServeBench, # the design
             store.append(make_record(run_id=planned_level.run_id, sweep_id=bench.sweep_id, timestamp=stamp,
                                      repetition=planned_level.repetition, order_index=planned_level.order_index,
                                      **{k: v for k, v in cfg.items() if k not in figs}, **figs, **env, server_url=ep.public,
-                                     temp_before_c=t_before, temp_after_c=t_after))
+                                     temp_before_c=t_before, temp_after_c=t_after, **devices))
             res.measured += 1
             jpt = figs['j_per_token']
             bar.set_postfix_str(f"{planned_level.level}: {'n/a' if jpt is None else f'{jpt:.3g}'} J/token"
@@ -499,7 +493,7 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
                     max_tpot_s:float=None, # s*: longest time per output token of a good request, s
                     idle_s:float=0.0, # idle baseline before the sweep, s (0: none)
                     cooldown_s:float=0.0, # rest between levels, s
-                    gpus:str=None, # GPUs the server uses, to meter (default: every local device)
+                    gpus:str=None, # GPUs the server uses, to meter: ordinals or UUIDs, comma-separated (default: every local GPU)
                     out:str='results', # folder for results/<sweep_id>/runs.jsonl and requests.jsonl
                     name:str='serve', # first part of the sweep id
                     new:bool=False, # start a fresh sweep instead of resuming the same design
