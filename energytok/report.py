@@ -145,14 +145,19 @@ class ComparisonReport:
 
 # %% ../nbs/35_report.ipynb #b54d5c17
 def _config_table(t, desc, runs):
-    "Descriptives with each configuration's energy provenance label."
+    "Descriptives with each configuration's energy provenance label and, for J/token, its measurement uncertainty and which dominates."
+    from energytok.card import measurement_vs_spread
     tab = desc.table.drop(columns=desc.by).copy()
     codes = t.data['_config'].to_numpy()
-    labels = []
+    labels, mvs = [], []
     for c in tab['config']:
         sub = runs.iloc[np.flatnonzero(codes == c)]
         labels.append(energy_label(*energy_provenance(sub)))
+        if t.metric in ('j_per_token', 'j_per_token_pue') and 'j_per_token_uncertainty' in sub:
+            scale = sub['pue'].astype(float) if t.metric == 'j_per_token_pue' and 'pue' in sub else 1.0
+            mvs.append(measurement_vs_spread(sub[t.metric], sub['j_per_token_uncertainty'] * scale))
     tab['energy'] = labels
+    if mvs: tab['measurement_u'], tab['dominant'] = [m['measurement_uncertainty'] for m in mvs], [m['dominant'] for m in mvs]
     return tab
 
 def _equivalence_table(t, pw, margin, alpha):
@@ -287,12 +292,17 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
     "The report as markdown; figures referenced as `figure_dir/NAME.png` (None leaves them out)."
     md = [f"# {md_escape(self.title)}", ""]
     if self.estimated:
-        md += [f"> **The energy figures in this report are ESTIMATES, not measurements** ({md_escape(self.energy_tag[10:-1])}).", ""]
+        from energytok.sensors import estimate_note
+        what = estimate_note(self.energy_tag[10:-1])
+        md += [f"> **The energy figures in this report are ESTIMATES, not measurements** ({md_escape(self.energy_tag[10:-1])})."
+               + (f" The estimate is {md_escape(what)}." if what else ''), ""]
     md += ["## Provenance", "", markdown_table(_header_table(self.header)), ""]
     md += ["## Summary", "", *[f"- {s}" for s in _summary(self)], ""]
     md += [f"## Configurations: {self.metric}" + (f", energy {self.energy_tag}" if self.energy_tag else ''), "",
            f"n runs, mean, SD, {self.ci:.0%} t-interval, median, IQM with BCa interval, CV%"
-           + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance.", "",
+           + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance"
+           + ("; `measurement_u` is the mean measurement uncertainty of one run's figure and `dominant` says whether it or the "
+              "spread across runs is the larger" if 'dominant' in self.configs else '') + ".", "",
            markdown_table(self.configs), ""]
     if self.anova is not None:
         md += ["## ANOVA", "", self.anova.to_markdown(), ""]

@@ -31,10 +31,10 @@ RUN_COLUMNS = (
     'prefill_s', 'decode_s', 'duration_s', 'ttft_s', 'tpot_s', 'tpot_p50_s', 'tpot_p90_s', 'tpot_p99_s',
     'tokens_per_s', 'decode_tokens_per_s',
     # energy
-    'energy_j', 'prefill_energy_j', 'decode_energy_j', 'energy_by_domain_j', 'energy_provenance', 'estimated',
+    'energy_j', 'energy_uncertainty_j', 'prefill_energy_j', 'decode_energy_j', 'energy_by_domain_j', 'energy_provenance', 'estimated',
     'avg_power_w', 'idle_power_w', 'energy_idle_subtracted_j', 'pue',
     # per token
-    'j_per_token', 'j_per_token_pue', 'prefill_j_per_token', 'decode_j_per_token',
+    'j_per_token', 'j_per_token_uncertainty', 'j_per_token_pue', 'prefill_j_per_token', 'decode_j_per_token',
     # quality
     'quality', 'quality_metric', 'meets_quality', 'meets_service',
     # environment

@@ -317,6 +317,9 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
             name:str='run', # first part of the sweep id
             new:bool=False, # start a fresh sweep instead of resuming the same design
             quiet:bool=False, # no progress bar
+            cpu_tdp_w:float=None, # CPU estimate: the CPU's full-load power, W (default: codecarbon's TDP for this CPU)
+            cpu_idle_w:float=None, # CPU estimate: its idle power, W (default: codecarbon's curve, 10 % of TDP)
+            cpu_share:str='machine', # CPU estimate: count the 'machine' CPU load, or this 'process''s CPU time
            ) -> int:
     "Run a sweep under the meter, write one record per run, and print a summary with provenance."
     from energytok.model import BUILTIN_NAME, builtin_meta
@@ -335,8 +338,17 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
                   q_star=QualityTarget(max_loss) if max_loss is not None else None,
                   s_star=ServiceTarget(max_ttft_s, max_tpot_s) if max_ttft_s is not None or max_tpot_s is not None else None,
                   name=name + stamp)
+    meter = None
+    if cpu_tdp_w is not None or cpu_idle_w is not None or cpu_share != 'machine':
+        from energytok.meter import Meter
+        from energytok.sensors import available_sensors, CodecarbonCPUEstimate
+        est = CodecarbonCPUEstimate(tdp_w=cpu_tdp_w, idle_w=cpu_idle_w, share=cpu_share)  # checks the flags
+        measured = available_sensors(estimate=False)
+        if measured: print(f"note: --cpu-* set the CPU estimate, which is not used here: this machine measures "
+                           f"{', '.join(s.domain for s in measured)}", file=sys.stderr)
+        meter = Meter(measured or [est])
     t0 = time.perf_counter()
-    try: res = run_sweep(sweep, out, progress=not quiet)
+    try: res = run_sweep(sweep, out, meter=meter, progress=not quiet)
     except KeyboardInterrupt:
         print(f"interrupted: completed runs are saved in {Path(out)/sweep.sweep_id/'runs.jsonl'}; run the same command to resume",
               file=sys.stderr)
@@ -347,7 +359,10 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
     print(f"records: {res.path}")
     if res.idle is not None: print(f"idle baseline: {res.idle.power_w:.2f} W ({'+'.join(sorted(set(res.idle.provenance.values())))})")
     note = estimate_notice(runs)
-    if note: print(note)
+    if note:
+        from energytok.sensors import estimate_note
+        what = estimate_note('+'.join(runs.energy_provenance.dropna()))
+        print(note + (f" The estimate is {what}." if what else ''))
     with pd.option_context('display.width', 200, 'display.max_columns', 30, 'display.float_format', '{:.4g}'.format):
         print(summary_table(runs).to_string(index=False))
     print("J/token = energy / generated tokens (IT level); j_per_token_pue x PUE "
