@@ -62,10 +62,9 @@ class _Acc:
     first_error: str = ''  # message of the first failed read
     near_a: tuple = (0.0, 0.0, 0.0)  # before the start: (counter-derived power, highest read power, read-power range), W
     first2: list = field(default_factory=list)  # the first two power samples inside, (t, p, parity)
-    last2: list = field(default_factory=list)  # the last two
+    tail: list = field(default_factory=list)  # the last four, (t, p, parity, error sums when it arrived)
     tv_first: float = 0.0  # the running variation when the first arrived
     snap_first: tuple = None  # the error sums when the second arrived (the first one's difference complete)
-    snap_last: tuple = None  # the error sums when the last arrived
     npts: int = 0  # power samples inside
     gap_after_s: float = float('inf')  # an interval longer than this is a gap
     gaps_j: float = 0.0  # sum over gaps of interval x |change of power| / 2, J
@@ -84,9 +83,8 @@ class _Acc:
         self.npts, pt = self.npts + 1, (t, p, par)
         if self.npts <= 2: self.first2.append(pt)
         if self.npts == 1: self.tv_first = snap[3]
-        self.last2 = [self.last2[-1], pt] if self.last2 else [pt]
+        self.tail = self.tail[-3:] + [pt + (snap,)]  # kept past the end: samples read just after it may come in first
         if self.npts == 2: self.snap_first = snap
-        self.snap_last = snap
 
 # %% ../nbs/15_meter.ipynb #24fbf9b4
 class _Track:
@@ -642,23 +640,24 @@ def _result(self:Meter, name:str, w:dict, end_s:float) -> WindowResult:
 
 # %% ../nbs/15_meter.ipynb #7a52f16e
 def _window_shape(acc:_Acc, a:_Edge, b:_Edge, scale:float=0.0) -> tuple:
-    "(coherent sum, sum of squares, variation) of the window's local Richardson differences, its own edges as the outer samples; J, J², J."
-    if a.power_w is None or b.power_w is None: return 0.0, 0.0, 0.0
-    if acc.npts == 0: return 0.0, 0.0, (b.t_s - a.t_s) * abs(b.power_w - a.power_w)
-    (t1, p1, _), (s2, r2, _) = acc.first2[0], acc.last2[-1]
-    tv = (t1 - a.t_s) * abs(p1 - a.power_w) + (acc.snap_last[3] - acc.tv_first if acc.npts > 1 else 0.0) + (b.t_s - s2) * abs(b.power_w - r2)
+    "(coherent sum, sum of squares, variation, samples inside) of the window's local Richardson differences, its edges as the outer samples."
+    if a.power_w is None or b.power_w is None: return 0.0, 0.0, 0.0, 0
+    tail = [x for x in acc.tail if x[0] <= b.t_s]
+    n = acc.npts - (len(acc.tail) - len(tail))  # samples read just after the end are not the window's
+    A, B = (a.t_s, a.power_w), (b.t_s, b.power_w)
+    if n <= 0 or not tail: return 0.0, 0.0, (b.t_s - a.t_s) * abs(b.power_w - a.power_w), 0
     def d(ta, pa, tb, pb, tc, pc): return local_richardson_j(ta, pa, tb, pb, tc, pc) * max(1.0, scale / ((tc - ta) / 2))
-    A, B, sums = (a.t_s, a.power_w), (b.t_s, b.power_w), [0.0, 0.0]
-    if acc.npts == 1:
-        (t, p, par), = acc.first2
-        x = d(*A, t, p, *B); sums[par] += x
-        return abs(x), x * x, tv
-    (t1, p1, q1), (t2, p2, _) = acc.first2
-    (s1, r1, _), (s2, r2, q2) = acc.last2
-    x, y = d(*A, t1, p1, t2, p2), d(s1, r1, s2, r2, *B)
-    mid = [l - f for l, f in zip(acc.snap_last, acc.snap_first)]  # the samples between the first and the last
-    sums = mid[:2]; sums[q1] += x; sums[q2] += y
-    return max(abs(sums[0]), abs(sums[1])), mid[2] + x * x + y * y, tv
+    (t1, p1, q1), (sl, rl, ql, snap_l) = acc.first2[0], tail[-1]
+    ends = (t1 - a.t_s) * abs(p1 - a.power_w) + (b.t_s - sl) * abs(b.power_w - rl)
+    if n == 1:
+        x = d(*A, t1, p1, *B)
+        return abs(x), x * x, ends, 1
+    tv = ends + snap_l[3] - acc.tv_first
+    (t2, p2, _), (sk, rk, *_) = acc.first2[1], tail[-2] if len(tail) > 1 else acc.first2[0] + (None,)
+    x, y = d(*A, t1, p1, t2, p2), d(sk, rk, sl, rl, *B)
+    mid = [l - f for l, f in zip(snap_l, acc.snap_first)]  # the samples between the first and the last
+    sums = mid[:2]; sums[q1] += x; sums[ql] += y
+    return max(abs(sums[0]), abs(sums[1])), mid[2] + x * x + y * y, tv, n
 
 @patch
 def _uncertainty(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float, counter_j, poll_j) -> tuple:
@@ -676,9 +675,9 @@ def _uncertainty(self:Meter, tr:_Track, a:_Edge, b:_Edge, acc:_Acc, dur:float, c
     interpolated = sum(p_hat * e.span_s * e.frac * (1 - e.frac) for e in (a, b) if not e.extrapolated)
     c = None if counter_j is None else counter_terms_j(s.update_period_s, s.resolution_j, p_hat, held + interpolated, counter_j)
     if poll_j is None: return c, None
-    coherent, sq, tv = _window_shape(acc, a, b, scale)
+    coherent, sq, tv, n = _window_shape(acc, a, b, scale)
     ups = s.power_update_period_s
-    intervals = acc.npts + 1 if not ups else max(1, min(acc.npts + 1, round(dur / ups)))
+    intervals = n + 1 if not ups else max(1, min(n + 1, round(dur / ups)))
     avg = averaging_term_j(s.averaging_window_s, a.power_w or 0.0, b.power_w or 0.0, acc.near_a[2], range_b)
     return c, polled_terms_j(coherent, sq, excursion, dur, intervals, tv, avg, held, acc.gaps_j, poll_j)
 

@@ -9,11 +9,11 @@ __all__ = ['FLOOR_REL', 'KAPPA', 'Z_RANDOM', 'INCOHERENT_FACTOR', 'EXCURSION_MEM
            'total_j', 'local_richardson_j', 'narrow_excursion_w', 'ShapeSums', 'polled_terms_j', 'shape_terms',
            'averaging_term_j']
 
-# %% ../nbs/14_uncertainty.ipynb #67059809
+# %% ../nbs/14_uncertainty.ipynb #c02f74cc
 import math
 from dataclasses import dataclass, field
 
-# %% ../nbs/14_uncertainty.ipynb #041f6c9f
+# %% ../nbs/14_uncertainty.ipynb #62dfd249
 FLOOR_REL = 1e-9  # no figure is known better than this fraction of itself (floating-point rounding)
 
 def counter_terms_j(update_period_s:float|None, # how often the counter refreshes, s (None: unknown, taken as 0)
@@ -30,7 +30,7 @@ def total_j(terms:dict) -> float:
     "The uncertainty from its terms: their sum (each bounds a different error; none cancels another), J."
     return float(sum(terms.values()))
 
-# %% ../nbs/14_uncertainty.ipynb #ccc9b4ad
+# %% ../nbs/14_uncertainty.ipynb #32d6f8d1
 def local_richardson_j(ta, pa, tb, pb, tc, pc) -> float:
     "Trapezoid over samples (a, b, c) minus the trapezoid over (a, c): the error estimate of one coarse interval, J."
     return (tc - ta) / 2 * (pb - (pa + (pc - pa) * (tb - ta) / (tc - ta)))
@@ -40,7 +40,7 @@ def narrow_excursion_w(pa, pb, pc) -> float:
     lo, hi = pb - pa, pb - pc
     return min(abs(lo), abs(hi)) if lo * hi > 0 else 0.0
 
-# %% ../nbs/14_uncertainty.ipynb #21aa859a
+# %% ../nbs/14_uncertainty.ipynb #e54d1e5a
 KAPPA = 1.0  # per-sample variance / mean squared excursion: exact for narrow spikes (white noise would need 1/0.784)
 Z_RANDOM = 2.25  # the random term: this many estimated standard deviations (see below)
 INCOHERENT_FACTOR = 1.5  # the incoherent sum of local differences, times this
@@ -81,7 +81,7 @@ class ShapeSums:
         "Mean squared narrow excursion over the recent samples, W² (0 before any)."
         return self.m2 / self.w if self.w else 0.0
 
-# %% ../nbs/14_uncertainty.ipynb #98b6dfdd
+# %% ../nbs/14_uncertainty.ipynb #8bafd980
 SPARSE_INTERVALS = 4  # a window with at most this many intervals also takes the bound for power monotone between samples
 
 def polled_terms_j(coherent_j:float, # the larger |sum| of local differences over the window, of the two parities, J
@@ -109,7 +109,7 @@ def shape_terms(t, p, excursion_w2=None, **kw) -> dict:
     return polled_terms_j(max(map(abs, s.sums)), s.sq, s.excursion_w2 if excursion_w2 is None else excursion_w2,
                           float(t[-1] - t[0]), len(t) - 1, s.tv, **kw)
 
-# %% ../nbs/14_uncertainty.ipynb #284b974e
+# %% ../nbs/14_uncertainty.ipynb #6cdf211a
 def averaging_term_j(averaging_window_s:float|None, # the power reading's trailing averaging window, s (None or 0: none)
                      power_a_w:float, power_b_w:float, # the readings at the two edges, W
                      range_a_w:float=0.0, range_b_w:float=0.0, # max - min of the readings within the window before each edge, W

@@ -341,8 +341,12 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
     meter = None
     if cpu_tdp_w is not None or cpu_idle_w is not None or cpu_share != 'machine':
         from energytok.meter import Meter
-        from energytok.sensors import available_sensors, CodecarbonCPUEstimate
-        est = CodecarbonCPUEstimate(tdp_w=cpu_tdp_w, idle_w=cpu_idle_w, share=cpu_share)  # checks the flags
+        from energytok.sensors import available_sensors, CodecarbonCPUEstimate, ESTIMATE_SHARES
+        if cpu_share not in ESTIMATE_SHARES: raise ValueError(f"cpu_share: expected one of {list(ESTIMATE_SHARES)}, got {cpu_share!r}")
+        for k, v in (('cpu_tdp_w', cpu_tdp_w), ('cpu_idle_w', cpu_idle_w)):
+            if v is not None: check_positive(k, v, allow_zero=k == 'cpu_idle_w')
+        try: est = CodecarbonCPUEstimate(tdp_w=cpu_tdp_w, idle_w=cpu_idle_w, share=cpu_share)
+        except ValueError as e: raise ValueError(f"cpu_idle_w: {str(e).split(': ', 1)[-1]}") from None  # the one left: idle vs TDP or share
         measured = available_sensors(estimate=False)
         if measured: print(f"note: --cpu-* set the CPU estimate, which is not used here: this machine measures "
                            f"{', '.join(s.domain for s in measured)}", file=sys.stderr)
