@@ -444,7 +444,7 @@ def sampler_stats(self:Meter) -> dict:
                 jitter_max_s=max(self._lateness, default=float('nan')), sampler_errors=list(self._errors))
 
 # %% ../nbs/15_meter.ipynb #8d767005
-COLLECT_S = 0.05  # the collecting thread takes the sampler process's readings this often, s
+COLLECT_S = 0.2  # the collecting thread takes the sampler process's readings this often, s (edges collect at once)
 
 @patch
 def _collect(self:Meter):

@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/sampler.html.md"""
 __all__ = ['HEADER', 'KIND_TICK', 'KIND_EDGE', 'ST_OK', 'ST_SKIPPED', 'SamplerError', 'reopen_nvml', 'factory_of', 'portability',
            'Ring', 'child_main', 'ProcessSampler']
 
-# %% ../nbs/17_sampler.ipynb #ba1dc42e
+# %% ../nbs/17_sampler.ipynb #0b6b328e
 import functools, gc, json, mmap, os, pickle, select, subprocess, sys, tempfile, threading
 import numpy as np
 from fastcore.basics import patch
 from .sensors import now_s
 
-# %% ../nbs/17_sampler.ipynb #4beac216
+# %% ../nbs/17_sampler.ipynb #356f3cbf
 class SamplerError(RuntimeError):
     "The sampler process could not be started, or stopped answering."
 
@@ -54,7 +54,7 @@ def portability(sensors) -> str:
         except Exception as e: return f"{s.domain}: {cls.__name__} cannot be sent to another process ({type(e).__name__}: {e})"
     return ''
 
-# %% ../nbs/17_sampler.ipynb #cb1868e2
+# %% ../nbs/17_sampler.ipynb #841d2859
 HEADER = 8  # int64 words: rows written, rows read, ticks dropped (ring full), ticks that overran
 KIND_TICK, KIND_EDGE = 0.0, 1.0
 ST_OK, ST_SKIPPED = 0.0, -1.0  # a sensor's status in a row; > 0: the number of an error message
@@ -100,7 +100,7 @@ class Ring:
         if self._file is not None: self._file.close()
         else: os.close(self.fd)
 
-# %% ../nbs/17_sampler.ipynb #67063f37
+# %% ../nbs/17_sampler.ipynb #a8923ea5
 def _send(kind:str, *fields):
     "Write one line to the meter."
     os.write(1, ('\t'.join([kind, *map(str, fields)]) + '\n').encode())
@@ -152,7 +152,7 @@ class _Child:
             except Exception as e: methods.append({'method_error': f"{type(e).__name__}: {e}"})
         _send('ack', json.dumps(methods, default=str))
 
-# %% ../nbs/17_sampler.ipynb #42d15f76
+# %% ../nbs/17_sampler.ipynb #41324376
 def _read_exact(fd:int, n:int) -> bytes:
     out = b''
     while len(out) < n:
@@ -195,7 +195,7 @@ def child_main(fd:int, # the ring's file descriptor, inherited
         try: s.close()
         except Exception: pass
 
-# %% ../nbs/17_sampler.ipynb #6e68125a
+# %% ../nbs/17_sampler.ipynb #3d243f4d
 class ProcessSampler:
     "A sampler process reading `sensors` every `period_s`, its readings in shared memory."
     def __init__(self, sensors:list, period_s:float, edge_reads:int=3, capacity:int|None=None):
@@ -232,7 +232,7 @@ class ProcessSampler:
             if not chunk: return None  # the child is gone
             self._buf += chunk
 
-# %% ../nbs/17_sampler.ipynb #7e9743af
+# %% ../nbs/17_sampler.ipynb #12596a23
 @patch
 def start(self:ProcessSampler, timeout_s:float=60.0) -> ProcessSampler:
     "Start the child and wait until it has built the sensors; `SamplerError` if it cannot."
