@@ -422,7 +422,8 @@ def stop(self:Meter):
     if self._proc is not None:
         self._proc.stop()
         self._collect()
-        self._proc = None
+        self._dropped = self._proc.dropped
+        self._proc.close(); self._proc = None
 
 @patch
 def __enter__(self:Meter): return self.start()
@@ -437,7 +438,7 @@ def sampler_stats(self:Meter) -> dict:
     achieved = (self._last_tick - self._first_tick) / (self._ticks - 1) if self._ticks > 1 else None
     return dict(period_s=self.period_s, sampler=self.sampler_used, sampler_note=self.sampler_note, ticks=self._ticks,
                 achieved_period_s=achieved, overruns=self._overruns,
-                dropped=0 if self._proc is None else self._proc.dropped,
+                dropped=self._proc.dropped if self._proc is not None else getattr(self, '_dropped', 0),
                 interval_p50_s=pct(self._intervals, 50), interval_p99_s=pct(self._intervals, 99),
                 interval_max_s=max(self._intervals, default=float('nan')),
                 jitter_p50_s=pct(self._lateness, 50), jitter_p99_s=pct(self._lateness, 99),

@@ -8,13 +8,13 @@ Docs: https://energytok.github.io/energytok/sampler.html.md"""
 __all__ = ['HEADER', 'KIND_TICK', 'KIND_EDGE', 'ST_OK', 'ST_SKIPPED', 'SamplerError', 'reopen_nvml', 'factory_of', 'portability',
            'Ring', 'child_main', 'ProcessSampler']
 
-# %% ../nbs/17_sampler.ipynb #0b6b328e
+# %% ../nbs/17_sampler.ipynb #bd39203a
 import functools, gc, json, mmap, os, pickle, select, subprocess, sys, tempfile, threading
 import numpy as np
 from fastcore.basics import patch
 from .sensors import now_s
 
-# %% ../nbs/17_sampler.ipynb #356f3cbf
+# %% ../nbs/17_sampler.ipynb #fe31be18
 class SamplerError(RuntimeError):
     "The sampler process could not be started, or stopped answering."
 
@@ -46,6 +46,7 @@ def factory_of(sensor) -> object:
 
 def portability(sensors) -> str:
     "'' when every sensor can be built in the sampler process, else why not, naming the first that cannot."
+    if os.name != 'posix': return f"the sampler process needs a POSIX system (this is {os.name!r})"
     for s in sensors:
         cls = type(s)
         if cls.__module__ in ('__main__', '__mp_main__') or '<locals>' in cls.__qualname__:
@@ -54,7 +55,7 @@ def portability(sensors) -> str:
         except Exception as e: return f"{s.domain}: {cls.__name__} cannot be sent to another process ({type(e).__name__}: {e})"
     return ''
 
-# %% ../nbs/17_sampler.ipynb #841d2859
+# %% ../nbs/17_sampler.ipynb #77f81edc
 HEADER = 8  # int64 words: rows written, rows read, ticks dropped (ring full), ticks that overran
 KIND_TICK, KIND_EDGE = 0.0, 1.0
 ST_OK, ST_SKIPPED = 0.0, -1.0  # a sensor's status in a row; > 0: the number of an error message
@@ -100,7 +101,7 @@ class Ring:
         if self._file is not None: self._file.close()
         else: os.close(self.fd)
 
-# %% ../nbs/17_sampler.ipynb #a8923ea5
+# %% ../nbs/17_sampler.ipynb #5716b09b
 def _send(kind:str, *fields):
     "Write one line to the meter."
     os.write(1, ('\t'.join([kind, *map(str, fields)]) + '\n').encode())
@@ -152,7 +153,7 @@ class _Child:
             except Exception as e: methods.append({'method_error': f"{type(e).__name__}: {e}"})
         _send('ack', json.dumps(methods, default=str))
 
-# %% ../nbs/17_sampler.ipynb #41324376
+# %% ../nbs/17_sampler.ipynb #aac87c71
 def _read_exact(fd:int, n:int) -> bytes:
     out = b''
     while len(out) < n:
@@ -195,7 +196,7 @@ def child_main(fd:int, # the ring's file descriptor, inherited
         try: s.close()
         except Exception: pass
 
-# %% ../nbs/17_sampler.ipynb #3d243f4d
+# %% ../nbs/17_sampler.ipynb #5f53c421
 class ProcessSampler:
     "A sampler process reading `sensors` every `period_s`, its readings in shared memory."
     def __init__(self, sensors:list, period_s:float, edge_reads:int=3, capacity:int|None=None):
@@ -232,7 +233,7 @@ class ProcessSampler:
             if not chunk: return None  # the child is gone
             self._buf += chunk
 
-# %% ../nbs/17_sampler.ipynb #12596a23
+# %% ../nbs/17_sampler.ipynb #8506e3af
 @patch
 def start(self:ProcessSampler, timeout_s:float=60.0) -> ProcessSampler:
     "Start the child and wait until it has built the sensors; `SamplerError` if it cannot."
@@ -241,8 +242,11 @@ def start(self:ProcessSampler, timeout_s:float=60.0) -> ProcessSampler:
     self.ring = Ring(len(self.sensors), self.capacity)
     self._err = tempfile.TemporaryFile()
     code = (f"from energytok.sampler import child_main; child_main({self.ring.fd}, {self.capacity}, {self.period_s!r}, {self.edge_reads})")
-    self.proc = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-                                 pass_fds=(self.ring.fd,), close_fds=True)
+    try: self.proc = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._err, pass_fds=(self.ring.fd,), close_fds=True)
+    except (OSError, ValueError) as e:
+        self.close()
+        raise SamplerError(f"the sampler process could not be started: {type(e).__name__}: {e}") from e
     payload = pickle.dumps(dict(sys_path=list(sys.path), factories=factories))
     try:
         self.proc.stdin.write(len(payload).to_bytes(8, 'little') + payload); self.proc.stdin.flush()
