@@ -103,6 +103,21 @@ class DistributedWindowResult:
         es = [None if r is None else r.energy_idle_subtracted_j for r in self.node_results.values()]
         return None if not es or None in es else float(sum(es))
     @property
+    def uncertainty_by_domain_j(self) -> dict:
+        "'node/domain' -> the node meter's uncertainty of that domain's energy, J (None: missing or not stated)."
+        out = {}
+        for n, r in self.node_results.items():
+            if r is None: continue
+            u = getattr(r, 'uncertainty_by_domain_j', None) or {}
+            out.update({f'{n}/{d}': u.get(d) for d in r.energy_by_domain_j})
+        return out
+    @property
+    def energy_uncertainty_j(self) -> float|None:
+        "Uncertainty of `energy_j`, J: the domains' uncertainties added, as on one node; None when a figure is missing or its uncertainty unknown."
+        u = self.uncertainty_by_domain_j
+        return None if self.energy_j is None or any(u.get(d) is None for d in self.energy_by_domain_j) else \
+               float(sum(u[d] for d in self.energy_by_domain_j))
+    @property
     def provenance_label(self) -> str: return '+'.join(sorted(set(self.provenance.values())))
     @property
     def n_samples(self) -> int: return min((r.n_samples for r in self.node_results.values() if r is not None), default=0)
@@ -113,7 +128,8 @@ def to_dict(self:DistributedWindowResult) -> dict:
     "Every figure as plain Python values, each node's result as its `to_dict()`."
     keys = ('name', 'start_s', 'end_s', 'duration_s', 'energy_j', 'energy_by_node_j', 'energy_by_domain_j', 'missing_domains',
             'provenance', 'provenance_label', 'estimated', 'estimated_domains', 'avg_power_w', 'idle_power_w',
-            'energy_idle_subtracted_j', 'n_samples', 'complete', 'flags', 'edge_lag_s', 'lost_ranks')
+            'energy_idle_subtracted_j', 'n_samples', 'complete', 'flags', 'edge_lag_s', 'lost_ranks', 'uncertainty_by_domain_j',
+            'energy_uncertainty_j')
     return {**{k: getattr(self, k) for k in keys}, 'nodes': {k: v.to_dict() for k, v in self.nodes.items()},
             'node_results': {k: None if r is None else r.to_dict() for k, r in self.node_results.items()}}
 

@@ -382,9 +382,11 @@ class RunResult:
     tpot_s:float|None; tpot_p50_s:float|None; tpot_p90_s:float|None; tpot_p99_s:float|None
     tokens_per_s:float; decode_tokens_per_s:float|None
     energy_j:float|None; prefill_energy_j:float|None; decode_energy_j:float|None  # None: a sensor gave no valid reading
+    energy_uncertainty_j:float|None  # how far `energy_j` can be from the truth (the meter's bound), J
     energy_by_domain_j:dict; energy_provenance:str; estimated:bool
     avg_power_w:float|None; idle_power_w:float|None; energy_idle_subtracted_j:float|None; pue:float
     j_per_token:float|None; j_per_token_pue:float|None; prefill_j_per_token:float|None; decode_j_per_token:float|None
+    j_per_token_uncertainty:float|None  # the measurement's uncertainty of `j_per_token` (not the spread across runs), J/token
     quality:float|None; quality_metric:str|None; meets_quality:bool|None; meets_service:bool|None
     flags:list
 
@@ -401,8 +403,8 @@ class RunResult:
         ms = lambda x: 'n/a' if x is None else f'{x*1e3:.3g} ms'
         num = lambda x, unit='': 'missing (no valid sensor reading)' if x is None else f'{x:.4g}{unit}'
         rows = [('tokens (prefill / decode)', f'{self.prefill_tokens} / {self.decode_tokens}'),
-                ('energy', num(self.energy_j, ' J') + (' (estimated)' if self.estimated else '')),
-                ('J/token (IT / PUE)', f'{num(self.j_per_token)} / {num(self.j_per_token_pue)}'),
+                ('energy', num(self.energy_j, ' J') + ('' if self.energy_uncertainty_j is None else f' ± {self.energy_uncertainty_j:.2g} J') + (' (estimated)' if self.estimated else '')),
+                ('J/token (IT / PUE)', f'{num(self.j_per_token)} / {num(self.j_per_token_pue)}' + ('' if self.j_per_token_uncertainty is None else f' (measurement ± {self.j_per_token_uncertainty:.2g})')),
                 ('provenance', f'`{self.energy_provenance}`'), ('TTFT', ms(self.ttft_s)),
                 ('TPOT mean / p99', f'{ms(self.tpot_s)} / {ms(self.tpot_p99_s)}'), ('tokens/s', f'{self.tokens_per_s:.1f}'),
                 ('quality', 'n/a' if self.quality is None else f'{self.quality:.4f} ({self.quality_metric})')]
@@ -421,6 +423,7 @@ def run_result(gen:Generation, # a measured generation
     windows = [w for w in (gen.prefill, gen.decode, gen.whole) if w is not None]
     missing = sorted({d for w in windows for d in w.missing_domains})
     energy = None if missing else float(sum(w.energy_j for w in windows))
+    energy_u = None if missing or any(w.energy_uncertainty_j is None for w in windows) else float(sum(w.energy_uncertainty_j for w in windows))
     dur_w = sum(w.duration_s for w in windows)
     first = len(gen.tokens)  # each sequence's first token comes from the prefill pass
     dec_window_tokens = gen.decode_tokens - first
@@ -438,11 +441,11 @@ def run_result(gen:Generation, # a measured generation
         tokens_per_s=gen.decode_tokens / gen.duration_s,
         decode_tokens_per_s=_div(dec_window_tokens, gen.decode_s) if dec_window_tokens else None,
         energy_j=energy, prefill_energy_j=gen.prefill.energy_j if gen.prefill else None,
-        decode_energy_j=gen.decode.energy_j if gen.decode else None,
+        decode_energy_j=gen.decode.energy_j if gen.decode else None, energy_uncertainty_j=energy_u,
         energy_by_domain_j=_sum_dicts(*(w.energy_by_domain_j for w in windows)), energy_provenance=_provenance(*windows),
         estimated=any(w.estimated for w in windows), avg_power_w=_div(energy, dur_w),
         idle_power_w=windows[0].idle_power_w, energy_idle_subtracted_j=_opt_sum(*(w.energy_idle_subtracted_j for w in windows)),
-        pue=pue, j_per_token=_div(energy, gen.decode_tokens), j_per_token_pue=None if energy is None else pue * energy / gen.decode_tokens,
+        pue=pue, j_per_token=_div(energy, gen.decode_tokens), j_per_token_uncertainty=_div(energy_u, gen.decode_tokens), j_per_token_pue=None if energy is None else pue * energy / gen.decode_tokens,
         prefill_j_per_token=_div(gen.prefill.energy_j, gen.prefill_tokens) if gen.prefill else None,
         decode_j_per_token=_div(gen.decode.energy_j, dec_window_tokens) if gen.decode and dec_window_tokens > 0 else None,
         quality=quality, quality_metric=backend.quality_metric if quality is not None else None,

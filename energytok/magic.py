@@ -21,13 +21,13 @@ def _cuda_sync():
 
 # %% ../nbs/16_magic.ipynb #5a5a1770
 def summary_line(result) -> str:
-    "One line for a metered cell: energy, average power, duration, provenance (and ESTIMATE when estimated)."
+    "One line for a metered cell: energy with its uncertainty, average power, duration, provenance (and ESTIMATE when estimated)."
     est = ', ESTIMATE' if result.estimated else ''
     if result.energy_j is None:
         return (f"energy: MISSING ({', '.join(result.missing_domains)} gave no valid reading; {result.provenance_label}{est})"
                 f" | duration: {result.duration_s:.3f} s")
     idle = '' if result.energy_idle_subtracted_j is None else f' | above idle: {result.energy_idle_subtracted_j:.4g} J'
-    return (f"energy: {result.energy_j:.4g} J ({result.provenance_label}{est}) | avg power: {result.avg_power_w:.1f} W"
+    return (f"energy: {result.energy_j:.4g} ± {result.energy_uncertainty_j:.2g} J ({result.provenance_label}{est}) | avg power: {result.avg_power_w:.1f} W"
             f" | duration: {result.duration_s:.3f} s{idle}")
 
 # %% ../nbs/16_magic.ipynb #d0f54deb

@@ -83,6 +83,8 @@ class FakeNVML:
         for d in self.devices: d['replay'].t0_s = self.t0_s
 
     def __repr__(self): return f"FakeNVML({len(self.devices)} GPUs: {[d['name'] for d in self.devices]})"
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_lock'}  # to a sampler process: a lock of its own
+    def __setstate__(self, state): self.__dict__.update(state); self._lock = threading.Lock()
 
 # %% ../nbs/13_nvml_fake.ipynb #300a95f7
 @patch

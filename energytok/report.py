@@ -191,6 +191,14 @@ def _config_table(t, desc, runs):
     sub = runs[cols].iloc[t.data['_row'].to_numpy()].assign(_config=t.data['_config'].to_numpy())
     sub = sub.drop_duplicates()
     tab['energy'] = [energy_label(*energy_provenance(sub[sub['_config'] == c])) for c in tab['config']]
+    if t.metric in ('j_per_token', 'j_per_token_pue') and 'j_per_token_uncertainty' in runs.columns:  # measurement vs spread
+        from energytok.card import measurement_vs_spread
+        mvs = []
+        for c in tab['config']:
+            s = runs.iloc[t.rows(c)]
+            scale = s['pue'].astype(float) if t.metric == 'j_per_token_pue' and 'pue' in s else 1.0
+            mvs.append(measurement_vs_spread(s[t.metric], s['j_per_token_uncertainty'] * scale))
+        tab['measurement_u'], tab['dominant'] = [m['measurement_uncertainty'] for m in mvs], [m['dominant'] for m in mvs]
     if 'metered_devices' in runs.columns or 'n_devices' in runs.columns:  # the GPUs metered, beside the energy
         from energytok.card import recorded_devices, devices_text
         devices = [recorded_devices(runs.iloc[t.rows(c)])[0] for c in tab['config']]
@@ -485,7 +493,9 @@ def _stat_sections(self) -> list:
                else "BCa bootstrap interval (Tukey-McLaughlin for configurations of more than 1,000 runs)")
         md += [f"## Configurations: {self.metric}" + (f", energy {self.energy_tag}" if self.energy_tag else ''), "",
                f"n runs, mean, SD, {self.ci:.0%} t-interval, median, IQM with its {how}, CV%"
-               + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance.", "",
+               + (", geometric mean with interval" if self.scale == 'log' else '') + "; `energy` is each configuration's provenance"
+               + ("; `measurement_u` is the mean measurement uncertainty of one run's figure and `dominant` says whether it or the "
+                  "spread across runs is the larger" if 'dominant' in self.configs else '') + ".", "",
                markdown_table(self.configs.drop(columns=['iqm_ci_method'], errors='ignore')), ""]
     if self.two is not None:
         tw = self.two
@@ -531,7 +541,10 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
     "The report as markdown; figures referenced as `figure_dir/NAME.png` (None leaves them out)."
     md = [f"# {md_escape(self.title)}", ""]
     if self.estimated:
-        md += [f"> **The energy figures in this report are ESTIMATES, not measurements** ({md_escape(self.energy_tag[10:-1])}).", ""]
+        from energytok.sensors import estimate_note
+        what = estimate_note(self.energy_tag[10:-1])
+        md += [f"> **The energy figures in this report are ESTIMATES, not measurements** ({md_escape(self.energy_tag[10:-1])})."
+               + (f" The estimate is {md_escape(what)}." if what else ''), ""]
     md += ["## Provenance", "", markdown_table(_header_table(self.header)), ""]
     md += ["## Summary", "", *[f"- {s}" for s in _summary(self)], ""]
     md += _stat_sections(self)
@@ -552,19 +565,6 @@ def _repr_markdown_(self:ComparisonReport): return self.to_markdown(figure_dir=N
 def to_html(self:ComparisonReport) -> str:
     "The report as one self-contained HTML page (figures embedded as base64 PNG)."
     return markdown_html(self.to_markdown('figures'), {f'figures/{p.name}.png': p.data_uri() for p in self.plots}, self.title)
-
-@patch
-def to_dict(self:ComparisonReport) -> dict:
-    "Every number of the report as JSON-ready data (no images)."
-    part = lambda x: x.to_dict() if x is not None else None
-    return dict(title=self.title, metric=self.metric, by=self.by, scale=self.scale, alpha=self.alpha, ci=self.ci,
-                energy_label=self.energy_tag, estimated=self.estimated, header=plain(self.header),
-                summary=_summary(self), configs=table_records(self.configs), anova=part(self.anova), welch=part(self.welch),
-                assumptions=part(self.assumptions), pairwise=part(self.pairwise), margin=self.margin,
-                equivalence=table_records(self.equivalence) if self.equivalence is not None else None,
-                power=part(self.power), cards=[c.to_dict() for c in self.cards],
-                figures=[dict(name=p.name, caption=p.caption, file=f'figures/{p.name}.png', **plain(p.meta)) for p in self.plots],
-                notes=self.notes, timings_s=plain(self.timings))
 
 @patch
 def to_json(self:ComparisonReport, indent:int=1) -> str:

@@ -44,10 +44,10 @@ RUN_COLUMNS = (
     'prefill_s', 'decode_s', 'duration_s', 'ttft_s', 'tpot_s', 'tpot_p50_s', 'tpot_p90_s', 'tpot_p99_s',
     'tokens_per_s', 'decode_tokens_per_s',
     # energy
-    'energy_j', 'prefill_energy_j', 'decode_energy_j', 'energy_by_domain_j', 'energy_provenance', 'estimated',
+    'energy_j', 'energy_uncertainty_j', 'prefill_energy_j', 'decode_energy_j', 'energy_by_domain_j', 'energy_provenance', 'estimated',
     'avg_power_w', 'idle_power_w', 'energy_idle_subtracted_j', 'pue',
     # per token
-    'j_per_token', 'j_per_token_pue', 'prefill_j_per_token', 'decode_j_per_token',
+    'j_per_token', 'j_per_token_uncertainty', 'j_per_token_pue', 'prefill_j_per_token', 'decode_j_per_token',
     # quality
     'quality', 'quality_metric', 'meets_quality', 'meets_service',
     # environment
@@ -95,6 +95,7 @@ def make_record(**fields) -> dict:
     if fields.get('schema_version') is None: fields['schema_version'] = SCHEMA_VERSION
     for c in SERVING_COLUMNS: fields.setdefault(c, None)  # only served runs have them
     for c, v in JOB_DEFAULTS.items(): fields.setdefault(c, v)  # a job over several processes sets them
+    for c in ('energy_uncertainty_j', 'j_per_token_uncertainty'): fields.setdefault(c, None)  # not stated: unknown
     missing = [c for c in RUN_COLUMNS if c not in fields]
     unknown = [c for c in fields if c not in RUN_COLUMNS]
     if missing or unknown:

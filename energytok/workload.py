@@ -534,6 +534,9 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
             new:bool=False, # start a fresh sweep instead of resuming the same design
             quiet:bool=False, # no progress bar
             wide:bool=False, # print every column of the summary (default: a compact table that fits 100 columns)
+            cpu_tdp_w:float=None, # CPU estimate: the CPU's full-load power, W (default: codecarbon's TDP for this CPU)
+            cpu_idle_w:float=None, # CPU estimate: its idle power, W (default: codecarbon's curve, 10 % of TDP)
+            cpu_share:str='machine', # CPU estimate: count the 'machine' CPU load, or this 'process''s CPU time
            ) -> int:
     "Run a sweep under the meter, write one record per run, and print a summary with provenance; under torchrun, one replica per rank."
     from energytok.model import BUILTIN_NAME, builtin_meta
@@ -565,9 +568,22 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
                   q_star=QualityTarget(max_loss) if max_loss is not None else None,
                   s_star=ServiceTarget(max_ttft_s, max_tpot_s) if max_ttft_s is not None or max_tpot_s is not None else None,
                   name=name + stamp, world_size=world)
+    meter = dm
+    if cpu_tdp_w is not None or cpu_idle_w is not None or cpu_share != 'machine':
+        from energytok.meter import Meter
+        from energytok.sensors import available_sensors, CodecarbonCPUEstimate, ESTIMATE_SHARES
+        if cpu_share not in ESTIMATE_SHARES: raise ValueError(f"cpu_share: expected one of {list(ESTIMATE_SHARES)}, got {cpu_share!r}")
+        for k, v in (('cpu_tdp_w', cpu_tdp_w), ('cpu_idle_w', cpu_idle_w)):
+            if v is not None: check_positive(k, v, allow_zero=k == 'cpu_idle_w')
+        try: est = CodecarbonCPUEstimate(tdp_w=cpu_tdp_w, idle_w=cpu_idle_w, share=cpu_share)
+        except ValueError as e: raise ValueError(f"cpu_idle_w: {str(e).split(': ', 1)[-1]}") from None  # the one left: idle vs TDP or share
+        measured = available_sensors(estimate=False, gpus=meter_gpus(dev, gpus))
+        if measured: print(f"note: --cpu-* set the CPU estimate, which is not used here: this machine measures "
+                           f"{', '.join(s.domain for s in measured)}", file=sys.stderr)
+        if dm is None: meter = Meter(measured or [est])
     t0 = time.perf_counter()
     try:
-        res = run_sweep(sweep, out, meter=dm, progress=not quiet, gpus=None if dm is not None else gpus)
+        res = run_sweep(sweep, out, meter=meter, progress=not quiet, gpus=None if meter is not None else gpus)
         if dm is not None: dm.close()
     except KeyboardInterrupt:
         print(f"interrupted: completed runs are saved in {Path(out)/sweep.sweep_id/'runs.jsonl'}; run the same command to resume",
@@ -593,7 +609,10 @@ def run_cli(model:str='tinylm-kjv', # model(s): 'tinylm-kjv' or local Hugging Fa
     for k, idle in (res.idle.items() if isinstance(res.idle, dict) else [('', res.idle)] if res.idle is not None else []):
         lines.append(f"idle baseline{f' (gpus {k})' if k else ''}: {idle.power_w:.2f} W ({'+'.join(sorted(set(idle.provenance.values())))})")
     note = estimate_notice(runs)
-    if note: lines.append(note)
+    if note:
+        from energytok.sensors import estimate_note
+        what = estimate_note('+'.join(runs.energy_provenance.dropna()))
+        lines.append(note + (f" The estimate is {what}." if what else ''))
     print('\n'.join(textwrap.fill(l, WIDTH, subsequent_indent='  ') for l in lines) + '\n')
     print(format_summary(runs, wide))
     return 0

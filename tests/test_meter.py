@@ -352,7 +352,8 @@ def test_rapl_counter_with_wraparound_through_the_meter(tmp_path):
     finally:
         stop.set(); th.join()
     r = w.result
-    assert sensor.method()['counter_wraps'] >= 3
+    # below 10 ms the sensor is read in the sampler process: its state, wraps included, is reported through the result
+    assert m.sampler_used == 'process' and r.method_by_domain['cpu:0-package']['counter_wraps'] >= 3
     assert r.provenance == {'cpu:0-package': 'rapl'} and r.polling_energy_by_domain_j == {}
     # 50 mJ per write that landed inside the window, give or take the writes next to the edges
     inside = sum(r.start_s <= t <= r.end_s for t in written)
@@ -408,3 +409,34 @@ def test_trace_rows_and_plot():
     ax = plot_window(w.result)
     spans = [p for p in ax.patches if p.get_label().startswith('window')]
     assert len(spans) == 1 and 'J' in ax.get_title()
+
+
+# ---- replay modes and the validation's rows ---------------------------------------------------------------------------
+def test_replay_power_only_stepped_and_averaged_modes():
+    clock = type('Clock', (), {'t': 0.0, '__call__': lambda self: self.t})()
+    steps = Trace([0.0, 1.0, 1.001, 4.0], [100.0, 100.0, 400.0, 400.0])
+    plain = ReplaySensor(steps, clock=clock, counter=False)
+    stepped = ReplaySensor(steps, clock=clock, counter_update_s=0.1, resolution_j=1e-3)
+    averaged = ReplaySensor(steps, clock=clock, averaging_window_s=1.0)
+    assert (plain.has_counter, stepped.update_period_s, stepped.resolution_j, averaged.averaging_window_s) == (False, 0.1, 1e-3, 1.0)
+    clock.t = 0.0; [s.read() for s in (plain, stepped, averaged)]
+    clock.t = 0.25
+    assert plain.read().energy_j is None and plain.read().power_w == pytest.approx(100.0)
+    assert stepped.read().energy_j == pytest.approx(20.0)  # the last refresh, at 0.2 s
+    clock.t = 1.5
+    assert averaged.read().power_w == pytest.approx(100 + 300 * 0.499, rel=1e-3)
+    with pytest.raises(ValueError, match='counter_update_s'): ReplaySensor(steps, counter_update_s=0)
+
+
+def test_uncertainty_vs_discrepancy_rows_for_the_validation():
+    from energytok.meter import uncertainty_vs_discrepancy
+    fake = FakeNVML([dict(trace=load_trace(DATA/'replay_steps.json'), counter_update_s=0.1)])
+    gpu = nvml_statuses(fake, env={})[0].sensor
+    with Meter([gpu, ReplaySensor(SINE, domain='cpu', counter=False)], period_s=0.01) as m:
+        with m.window('a') as a: time.sleep(0.5)
+    rows = uncertainty_vs_discrepancy([a.result, a.result.to_dict()])
+    assert len(rows) == 2 and {r['domain'] for r in rows} == {'gpu:0'}  # the power-only domain has nothing to compare
+    r = rows[0]
+    assert r['discrepancy_j'] == pytest.approx(r['polling_j'] - r['counter_j'])
+    assert r['allowed_j'] == pytest.approx(r['counter_uncertainty_j'] + r['polling_uncertainty_j'])
+    assert r['within'] == (abs(r['discrepancy_j']) <= r['allowed_j']) and r['within']

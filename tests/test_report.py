@@ -163,7 +163,7 @@ def test_estimate_labels_follow_provenance(records, measured):
 def test_card_labels_every_energy_row(records):
     card = energy_card(records, by='dtype,batch_size', config='dtype=fp32, batch_size=32')
     energy_rows = card.rows[card.rows.quantity.str.contains('J/token|power')]
-    assert len(energy_rows) == 4 and energy_rows.basis.str.startswith('ESTIMATE (estimate:simulated)').all()
+    assert len(energy_rows) == 5 and energy_rows.basis.str.startswith('ESTIMATE (estimate:simulated)').all()  # J/token, its measurement uncertainty, PUE, two powers
     other = card.rows[~card.rows.quantity.str.contains('J/token|power')]
     assert not other.basis.str.contains('ESTIMATE').any()
     assert card.to_dict()['energy_label'] == 'ESTIMATE (estimate:simulated)'
