@@ -560,6 +560,12 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
 @patch
 def _repr_markdown_(self:ComparisonReport): return self.to_markdown(figure_dir=None)
 
+@patch
+def _repr_html_(self:ComparisonReport) -> str:
+    "The report in a notebook, figures included: the page's body, without its style sheet (which would restyle the notebook)."
+    page = markdown_html(self.to_markdown('figures'), {f'figures/{p.name}.png': p.data_uri() for p in self.plots}, self.title)
+    return '<div class="energytok-report">' + page[page.index('<body>') + 6:page.index('</body>')] + '</div>'
+
 # %% ../nbs/35_report.ipynb #fe055ae8
 @patch
 def to_html(self:ComparisonReport) -> str:

@@ -589,8 +589,13 @@ def sensors_cli(json:bool=False, # print JSON instead of a table
     import json as _json
     rows = [s.to_dict() for s in sensor_statuses(**({} if gpus is None else dict(gpus=gpus)))]
     if json: print(_json.dumps(rows, indent=1)); return 0
+    import textwrap
+    w = (max([6] + [len(r['domain']) for r in rows]) + 2, 13)
+    fill = lambda text: textwrap.fill(text, 100, initial_indent='    ', subsequent_indent='    ')  # every line fits 100 columns
+    print(f"{'domain':<{w[0]}}{'state':<{w[1]}}provenance\n    how it measures, or why it is absent")
     for r in rows:
         state = ('estimated' if r['estimated'] else 'measured') if r['present'] else 'absent' if r['selected'] else 'not metered'
-        print(f"{r['domain']:<16} {state:<11} {r['provenance'] or '-':<30} {r['how'] or r['reason']}")
-        if r['present'] and r['reason']: print(f"{'':<16} note: {r['reason']}")
+        print(f"{r['domain']:<{w[0]}}{state:<{w[1]}}{r['provenance'] or '-'}")
+        print(fill(r['how'] or r['reason']))
+        if r['present'] and r['reason']: print(fill('note: ' + r['reason']))
     return 0

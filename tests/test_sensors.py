@@ -381,3 +381,5 @@ def test_sensors_cli_end_to_end():
     res = subprocess.run([EXE, 'sensors'], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert 'cpu-estimate' in res.stdout and 'estimated' in res.stdout and 'estimate:codecarbon-cpu-load' in res.stdout
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ['domain', 'state', 'provenance'] and all(len(l) <= 100 for l in lines)  # a header, lines that fit
