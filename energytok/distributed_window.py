@@ -118,6 +118,11 @@ class DistributedWindowResult:
         return None if self.energy_j is None or any(u.get(d) is None for d in self.energy_by_domain_j) else \
                float(sum(u[d] for d in self.energy_by_domain_j))
     @property
+    def peak_power_w(self) -> float|None:
+        "The nodes' peak powers added, W: an upper bound of the job's peak, since the nodes' peaks need not coincide (None if a node has none)."
+        ps = [None if r is None else r.peak_power_w for r in self.node_results.values()]
+        return None if not ps or None in ps else float(sum(ps))
+    @property
     def provenance_label(self) -> str: return '+'.join(sorted(set(self.provenance.values())))
     @property
     def n_samples(self) -> int: return min((r.n_samples for r in self.node_results.values() if r is not None), default=0)
@@ -128,7 +133,7 @@ def to_dict(self:DistributedWindowResult) -> dict:
     "Every figure as plain Python values, each node's result as its `to_dict()`."
     keys = ('name', 'start_s', 'end_s', 'duration_s', 'energy_j', 'energy_by_node_j', 'energy_by_domain_j', 'missing_domains',
             'provenance', 'provenance_label', 'estimated', 'estimated_domains', 'avg_power_w', 'idle_power_w',
-            'energy_idle_subtracted_j', 'n_samples', 'complete', 'flags', 'edge_lag_s', 'lost_ranks', 'uncertainty_by_domain_j',
+            'energy_idle_subtracted_j', 'n_samples', 'complete', 'flags', 'edge_lag_s', 'lost_ranks', 'uncertainty_by_domain_j', 'peak_power_w',
             'energy_uncertainty_j')
     return {**{k: getattr(self, k) for k in keys}, 'nodes': {k: v.to_dict() for k, v in self.nodes.items()},
             'node_results': {k: None if r is None else r.to_dict() for k, r in self.node_results.items()}}

@@ -6,7 +6,8 @@ Docs: https://energytok.github.io/energytok/serving.html.md"""
 
 # %% auto #0
 __all__ = ['LoadLevel', 'load_levels', 'SteadyState', 'LevelRun', 'run_level', 'level_figures', 'PlannedLevel', 'ServeBench',
-           'request_record', 'load_requests', 'BenchResult', 'bench_serve', 'level_table', 'bench_serve_cli']
+           'request_record', 'load_requests', 'BenchResult', 'bench_serve', 'level_table', 'job_meter',
+           'bench_serve_cli']
 
 # %% ../nbs/26_serving.ipynb #97af65b3
 import sys, json, math, time, random, asyncio, hashlib, os
@@ -200,8 +201,9 @@ def level_figures(run:LevelRun, # a finished level, its requests counted (`count
     tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
     itl = [x for r in ok for x in r.itl_s]
     e2e = [r.e2e_s for r in ok]
-    energy = w.energy_j
+    energy, energy_u = w.energy_j, getattr(w, 'energy_uncertainty_j', None)
     jpt = _ratio(energy, decode)
+    job = dict(n_nodes=len(w.energy_by_node_j), energy_by_node_j=w.energy_by_node_j) if hasattr(w, 'energy_by_node_j') else {}
     sources = sorted({r.token_source for r in ok})
     if 'chunks' in sources: flags.append('tokens-from-chunks: the server sent no usage and no tokenizer was given; output tokens are text chunks')
     if 'tokenizer' in sources: flags.append('tokens-from-local-tokenizer: the server sent no usage')
@@ -217,7 +219,8 @@ def level_figures(run:LevelRun, # a finished level, its requests counted (`count
         prefill_tokens=prefill, decode_tokens=decode, total_tokens=None if prefill is None else prefill + decode,
         prefill_s=None, decode_s=None, duration_s=dur, ttft_s=_mean(ttft), tpot_s=_mean(tpot), **tpot_p,
         tokens_per_s=decode / dur, decode_tokens_per_s=None,
-        energy_j=energy, prefill_energy_j=None, decode_energy_j=None, energy_by_domain_j=w.energy_by_domain_j,
+        energy_j=energy, energy_uncertainty_j=energy_u, j_per_token_uncertainty=_ratio(energy_u, decode), **job,
+        prefill_energy_j=None, decode_energy_j=None, energy_by_domain_j=w.energy_by_domain_j,
         energy_provenance=w.provenance_label, estimated=w.estimated, avg_power_w=_ratio(energy, dur),
         idle_power_w=w.idle_power_w, energy_idle_subtracted_j=w.energy_idle_subtracted_j, pue=pue,
         j_per_token=jpt, j_per_token_pue=None if jpt is None else pue * jpt, prefill_j_per_token=None, decode_j_per_token=None,
@@ -443,7 +446,8 @@ def bench_serve(bench:ServeBench, # the design
             store.append(make_record(run_id=planned_level.run_id, sweep_id=bench.sweep_id, timestamp=stamp,
                                      repetition=planned_level.repetition, order_index=planned_level.order_index,
                                      **{k: v for k, v in cfg.items() if k not in figs}, **figs, **env, server_url=ep.public,
-                                     temp_before_c=t_before, temp_after_c=t_after, **devices))
+                                     temp_before_c=t_before, temp_after_c=t_after, **devices,
+                                     **({'world_size': meter.world_size, 'nodes': meter.node_info()} if hasattr(meter, 'node_info') else {})))
             res.measured += 1
             jpt = figs['j_per_token']
             bar.set_postfix_str(f"{planned_level.level}: {'n/a' if jpt is None else f'{jpt:.3g}'} J/token"
@@ -469,6 +473,18 @@ def level_table(runs # a serving sweep's records
     return t.iloc[sorted(range(len(t)), key=lambda i: key[i])].reset_index()
 
 # %% ../nbs/26_serving.ipynb #55de6cf3
+def job_meter(gpus=None, # the GPUs this node's meter samples (see `energytok.distributed.rank_gpus`)
+              local:bool=True, # False: this node runs only the load generator and is not metered
+             ):
+    "In a torchrun job, the job's `DistributedMeter` (this process must be rank 0; the other nodes run `energytok meter-agent`); else None."
+    from energytok.distributed import init_from_env, DistributedMeter
+    if not init_from_env(): return None
+    import torch.distributed as dist
+    if dist.get_rank() != 0:
+        raise ValueError(f"bench-serve: rank {dist.get_rank()} of the job: run bench-serve on rank 0 only "
+                         "(--nproc-per-node 1 on its node) and `energytok meter-agent` on the server's other nodes")
+    return DistributedMeter(gpus=gpus, sample=None if local else False)
+
 @call_parse
 def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
                     model:str=None, # model to request (default: the only one the server lists)
@@ -498,6 +514,7 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
                     name:str='serve', # first part of the sweep id
                     new:bool=False, # start a fresh sweep instead of resuming the same design
                     quiet:bool=False, # no progress bar
+                    no_local_meter:bool=False, # in a torchrun job: the load generator's node serves nothing, so it is not metered
                    ) -> int:
     "Measure an OpenAI-compatible server under load: one run record per load level, requests in requests.jsonl."
     import pandas as pd
@@ -508,14 +525,19 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
     levels = load_levels(concurrency if concurrency or request_rate else '1,8,64', request_rate)
     if new: name = f"{name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     bench = ServeBench(Endpoint(url, model, api, api_key_env), levels, repetitions, num_prompts, max_tokens, dataset, seed, warmup, pue,
-                       ServiceTarget(max_ttft_s, max_tpot_s) if (max_ttft_s or max_tpot_s) else None, ignore_eos, not no_stream_usage,
+                       ServiceTarget(max_ttft_s, max_tpot_s) if max_ttft_s is not None or max_tpot_s is not None else None, ignore_eos, not no_stream_usage,
                        dtype, timeout_s, connect_timeout_s, idle_s, cooldown_s, name)
     tok = load_tokenizer(tokenizer) if tokenizer else None
+    meter = job_meter(gpus, not no_local_meter)  # a server over several nodes: their meter agents join through torchrun
     t0 = time.perf_counter()
-    try: res = bench_serve(bench, out, tokenizer=tok, gpus=gpus, progress=not quiet)
+    try: res = bench_serve(bench, out, tokenizer=tok, meter=meter, gpus=None if meter is not None else gpus, progress=not quiet)
     except KeyboardInterrupt:
         print(f"interrupted: completed levels are saved under {Path(out)}; run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if meter is not None:
+            import torch.distributed as dist
+            meter.close(); dist.destroy_process_group()
     runs = res.runs()
     print(f"sweep {res.sweep_id}: {res.measured} levels measured, {res.skipped} already on disk, {res.planned} planned "
           f"({time.perf_counter() - t0:.1f} s); server {runs.server_url.iloc[0]}, model {runs.model.iloc[0]}")

@@ -133,3 +133,20 @@ def test_node_that_cannot_measure_makes_the_total_missing():
     assert second['flags'][0] == 'incomplete: rank(s) 1 lost; no energy from node1 (host ' + socket.gethostname() + ', rank 1)'
     assert r['second_s'] < 10  # told at once: rank 0 did not wait out its 20 s time-out
     assert time.monotonic() - t0 < 60
+
+
+def test_bench_serve_over_two_nodes_meters_both(tmp_path):
+    "bench-serve on rank 0 (node 0, which also serves) and `energytok meter-agent` on node 1: every level's record has both nodes."
+    pytest.importorskip('httpx'); pytest.importorskip('starlette')
+    from energytok.serve_client import ServerThread, fake_openai_app
+    with ServerThread(fake_openai_app(output_tokens=6)) as srv:
+        bench = ['--no-python', ENERGYTOK, 'bench-serve', '--url', srv.url, '--concurrency', '1,2', '--num-prompts', '8',
+                 '--max-tokens', '6', '--repetitions', '1', '--warmup', '0', '--out', str(tmp_path), '--quiet']
+        p0, p1 = two_nodes(bench, ['--no-python', ENERGYTOK, 'meter-agent'], job_env(10.0), job_env(20.0), timeout_s=120)
+    assert (p0.returncode, p1.returncode) == (0, 0), (p0.stdout[-2000:], p0.stderr[-2000:], p1.stderr[-2000:])
+    runs = load_runs(tmp_path)
+    assert len(runs) == 2 and set(runs.concurrency) == {1, 2}
+    for r in runs.itertuples():
+        assert sorted(r.energy_by_node_j) == ['node0', 'node1'] and all(e > 0 for e in r.energy_by_node_j.values())
+        assert r.n_nodes == 2 and r.j_per_token > 0
+    assert 'metered node1' in p1.stdout
