@@ -61,7 +61,7 @@ RUN_COLUMNS = (
 )
 
 CONFIG_COLUMNS = ('model', 'dtype', 'batch_size', 'prompt_tokens', 'new_tokens', 'device', 'levers', 'quantization',
-                  'concurrency', 'request_rate')
+                  'concurrency', 'request_rate', 'world_size')  # replicas under torchrun are another configuration
 
 # %% ../nbs/21_store.ipynb #611883cb
 def _canonical(obj) -> str:
