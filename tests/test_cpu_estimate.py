@@ -100,7 +100,10 @@ def test_card_and_report_say_what_the_estimate_is():
 
 
 def test_energytok_run_with_a_stated_tdp_and_the_process_share(tmp_path):
-    rc, out, err = cli('run', *TINY, '--cpu-tdp-w', '50', '--cpu-share', 'process', '--out', tmp_path, '--name', 'cpu')
+    # CPU time is accounted in kernel ticks (10 ms): a window of a few ms may rightly estimate 0 J, flagged with its
+    # uncertainty; 224 tokens at batch 8 keep the decode window well above a tick even on a fast CI machine.
+    long = ['--batch-size', '8', '--new-tokens', '224', *TINY[4:]]
+    rc, out, err = cli('run', *long, '--cpu-tdp-w', '50', '--cpu-share', 'process', '--out', tmp_path, '--name', 'cpu')
     assert rc == 0, err
     recs = [json.loads(l) for f in tmp_path.rglob('runs.jsonl') for l in f.read_text().splitlines()]
     assert len(recs) == 2
@@ -109,6 +112,15 @@ def test_energytok_run_with_a_stated_tdp_and_the_process_share(tmp_path):
         assert r['energy_j'] > 0 and 0 < r['energy_uncertainty_j'] and r['j_per_token_uncertainty'] == pytest.approx(
             r['energy_uncertainty_j'] / r['decode_tokens'])
     assert 'proportional to this process' in out
+
+
+def test_a_window_under_one_cpu_tick_is_flagged_not_shown_as_exact(tmp_path):
+    rc, out, err = cli('run', *TINY, '--cpu-tdp-w', '50', '--cpu-share', 'process', '--out', tmp_path, '--name', 'cpu')
+    assert rc == 0, err
+    for r in (json.loads(l) for f in tmp_path.rglob('runs.jsonl') for l in f.read_text().splitlines()):
+        assert r['energy_j'] >= 0 and r['energy_uncertainty_j'] > 0
+        assert any(f.startswith('prefill:short-window:cpu-estimate') for f in r['flags'])
+        if r['energy_j'] < r['energy_uncertainty_j']: assert any('uncertain:cpu-estimate' in f for f in r['flags'])
 
 
 @pytest.mark.parametrize('args, msg', [(['--cpu-share', 'gpu'], 'cpu_share: expected one of'),
