@@ -102,8 +102,7 @@ def test_card_and_report_say_what_the_estimate_is():
 def test_energytok_run_with_a_stated_tdp_and_the_process_share(tmp_path):
     # CPU time is accounted in kernel ticks (10 ms): a window of a few ms may rightly estimate 0 J, flagged with its
     # uncertainty; 224 tokens at batch 8 keep the decode window well above a tick even on a fast CI machine.
-    long = ['--batch-size', '8', '--new-tokens', '224', *TINY[4:]]
-    rc, out, err = cli('run', *long, '--cpu-tdp-w', '50', '--cpu-share', 'process', '--out', tmp_path, '--name', 'cpu')
+    rc, out, err = cli('run', *TINY, '--batch-size', '8', '--new-tokens', '224', '--cpu-tdp-w', '50', '--cpu-share', 'process', '--out', tmp_path, '--name', 'cpu')
     assert rc == 0, err
     recs = [json.loads(l) for f in tmp_path.rglob('runs.jsonl') for l in f.read_text().splitlines()]
     assert len(recs) == 2
