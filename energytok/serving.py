@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from fastcore.script import call_parse
 from .checks import check_positive, check_range, check_choice
-from .store import RunStore, make_record, run_key, utc_now, write_json_atomic, load_runs, read_records, ServiceTarget, _canonical
+from .store import (RunStore, make_record, run_key, utc_now, write_json_atomic, append_lines, load_runs, read_records,
+                             ServiceTarget, _canonical)
 from .serve_client import (Endpoint, Prompt, load_prompts, sample_prompts, dataset_digest, resolve_model, stream_request,
                                     count_tokens, chunk_tokens, load_tokenizer, run_async, request_body)
 
@@ -329,13 +330,6 @@ def request_record(res, # a counted `RequestResult`
                 itl_s=res.itl_s, chunk_tokens=chunk_tokens(res), prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens,
                 token_source=res.token_source, finish_reason=res.finish_reason)
 
-def _append_lines(path:Path, rows:list) -> None:
-    "Append JSON lines to `path` and return once they are flushed and fsynced."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ''.join(json.dumps(r, allow_nan=False, separators=(',', ':')) + '\n' for r in rows).encode('utf-8')
-    with open(path, 'ab') as f:
-        f.write(data); f.flush(); os.fsync(f.fileno())
-
 def load_requests(path # a sweep folder (with runs.jsonl and requests.jsonl), or a folder holding several
                  ):
     "The requests of every recorded level under `path`, one row each."
@@ -439,7 +433,7 @@ def bench_serve(bench:ServeBench, # the design
             t_after = temperature_c(meter.sensors, device)
             for r in run.results: count_tokens(r, prompts[r.index], tokenizer, ep.api)
             stamp = utc_now()
-            _append_lines(folder/'requests.jsonl', [request_record(r, planned_level.run_id, stamp, run.t0_s) for r in run.results])
+            append_lines(folder/'requests.jsonl', [request_record(r, planned_level.run_id, stamp, run.t0_s) for r in run.results])
             res.sent_requests += len(run.results); res.failed_requests += len(run.failed)
             figs = level_figures(run, bench.pue, bench.s_star)
             cfg = bench.config(planned_level.level)
