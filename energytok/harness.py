@@ -181,8 +181,15 @@ class Backend:
     streams = True  # `generate` yields step by step (prefill and decode can be split)
     max_seq_len = None  # longest prompt + generation the model accepts (None: no limit known)
     quality_metric, quality_higher_is_better = None, False
+    ragged = False  # prompts of one batch may differ in length (the model takes an attention mask)
 
     def prompts(self, batch_size:int, prompt_tokens:int) -> list: raise NotImplementedError
+    def encode(self, prompt) -> list:
+        "Token ids of a prompt (text, or chat messages where the model has a chat template), to answer a task."
+        raise ValueError(f"task: {self.name} has no tokenizer here, so it cannot answer a task's text prompts")
+    def decode(self, ids:list) -> str:
+        "The text of generated token ids, to score an answer."
+        raise ValueError(f"task: {self.name} has no tokenizer here, so its outputs cannot be scored")
     def generate(self, prompts:list, new_tokens:int, stop_token_ids=()): raise NotImplementedError
     def quality(self) -> float|None: return None
     def sync(self) -> None:
@@ -223,6 +230,13 @@ class BuiltinBackend(Backend):
         self._held, self._quality_tokens = heldout_ids(), quality_tokens
 
     def prompts(self, batch_size, prompt_tokens): return text_prompts(self._held, batch_size, prompt_tokens)
+    def encode(self, prompt):
+        from energytok.model import ByteTokenizer
+        if not isinstance(prompt, str): raise ValueError(f"task: {self.name} completes text; a chat prompt needs a model with a chat template")
+        return ByteTokenizer().encode(prompt)
+    def decode(self, ids):
+        from energytok.model import ByteTokenizer
+        return ByteTokenizer().decode(ids)
 
     def generate(self, prompts, new_tokens, stop_token_ids=()):
         from energytok.model import generate_stream
@@ -244,6 +258,7 @@ class CallableBackend(Backend):
                  quality_higher_is_better:bool=False, # whether larger quality figures are better
                  device:str='cpu', dtype:str='fp32', # recorded device and dtype
                  streams:bool=None, # True if `fn` yields per step; None works it out from `fn`
+                 tokenizer=None, # an object with `encode(text)` and `decode(ids)`, to answer a task (None: byte ids)
                 ):
         if not callable(fn): raise TypeError(f"fn: expected a callable, got {fn!r}")
         self.fn, self.name, self.prompt_fn, self.quality_fn = fn, name, prompt_fn, quality_fn
@@ -251,6 +266,11 @@ class CallableBackend(Backend):
         self.quality_metric = quality_metric or ('user' if quality_fn else None)
         self.quality_higher_is_better = quality_higher_is_better
         self.streams = inspect.isgeneratorfunction(fn) if streams is None else streams
+        from energytok.model import ByteTokenizer
+        self.tokenizer = tokenizer or ByteTokenizer()
+
+    def encode(self, prompt): return list(self.tokenizer.encode(prompt))
+    def decode(self, ids): return self.tokenizer.decode(list(ids))
 
     def prompts(self, batch_size, prompt_tokens):
         if self.prompt_fn: return self.prompt_fn(batch_size, prompt_tokens)
@@ -298,7 +318,7 @@ def latency_stats(step_s:list # duration of each decode step, s
 class Generation:
     "What one measured generation produced: tokens per sequence, phase times and meter windows."
     tokens:list # generated ids per sequence (ending at a stop token if one came)
-    prompt_tokens:int # prompt length per sequence
+    prompt_tokens:int # prompt length per sequence (the longest, when `prompt_lengths` differ)
     prefill_s:float|None # prefill window (time to first token), s
     decode_s:float|None # decode window, s
     duration_s:float # whole generation, s
@@ -307,11 +327,14 @@ class Generation:
     decode:object=None # the decode `WindowResult` (None without a split)
     whole:object=None # the single `WindowResult` when there is no split
     flags:list=field(default_factory=list) # notes on the measurement
+    prompt_lengths:list=None # each sequence's prompt length, when they differ (None: all `prompt_tokens`)
 
     @property
     def decode_tokens(self) -> int: return sum(len(t) for t in self.tokens)
     @property
-    def prefill_tokens(self) -> int: return len(self.tokens) * self.prompt_tokens
+    def prefill_tokens(self) -> int:
+        "Prompt tokens processed: exact for prompts of different lengths (padding is not counted)."
+        return sum(self.prompt_lengths) if self.prompt_lengths is not None else len(self.tokens) * self.prompt_tokens
     def __repr__(self):
         return (f'Generation({len(self.tokens)} seqs, prefill {self.prefill_tokens} tok, decode {self.decode_tokens} tok, '
                 f'{self.duration_s*1e3:.1f} ms, {len(self.step_s)} decode steps)')
@@ -330,9 +353,13 @@ def measure_generation(backend:Backend, # what produces the tokens
         import torch
         torch.set_num_threads(config.threads)
     prompts = prompts if prompts is not None else backend.prompts(config.batch_size, config.prompt_tokens)
-    if len(prompts) != config.batch_size or any(len(p) != config.prompt_tokens for p in prompts):
-        raise ValueError(f"prompts: expected {config.batch_size} prompts of {config.prompt_tokens} tokens (the prefill count "
-                         f"depends on it), got lengths {[len(p) for p in prompts]}")
+    lengths = [len(p) for p in prompts]
+    if len(prompts) != config.batch_size or any(not 0 < n <= config.prompt_tokens for n in lengths) or (
+            not backend.ragged and len(set(lengths)) > 1):
+        one = '' if backend.ragged else ' of one length'
+        raise ValueError(f"prompts: expected {config.batch_size} prompts{one} of 1 to {config.prompt_tokens} tokens (prompt_tokens), "
+                         f"got lengths {lengths}")
+    ragged = None if all(n == config.prompt_tokens for n in lengths) else lengths  # the prefill count is exact either way
     stops, out, steps = config.stop_token_ids, [[] for _ in prompts], []
     backend.sync()
     if not backend.streams:
@@ -341,7 +368,7 @@ def measure_generation(backend:Backend, # what produces the tokens
         backend.sync(); t1 = time.perf_counter(); whole = meter.end_window('generate')
         toks = [truncate_at_stop(list(r)[:config.new_tokens], stops) for r in res]
         if len(toks) != len(prompts): raise ValueError(f"{backend.name}: returned {len(toks)} sequences for {len(prompts)} prompts")
-        return Generation(toks, config.prompt_tokens, None, None, t1 - t0, [], whole=whole, flags=['no-phase-split'])
+        return Generation(toks, config.prompt_tokens, None, None, t1 - t0, [], whole=whole, flags=['no-phase-split'], prompt_lengths=ragged)
     meter.begin_window('prefill'); t0 = time.perf_counter()
     stream = iter(backend.generate(prompts, config.new_tokens, stops))
     first = next(stream, None)
@@ -354,7 +381,7 @@ def measure_generation(backend:Backend, # what produces the tokens
         backend.sync(); t = time.perf_counter(); steps.append(t - t_prev); t_prev = t
         if all(s and s[-1] in stops for s in out) and stops: break
     t2 = time.perf_counter(); dec = meter.end_window('decode')
-    return Generation(out, config.prompt_tokens, t1 - t0, t2 - t1, t2 - t0, steps, prefill=pre, decode=dec)
+    return Generation(out, config.prompt_tokens, t1 - t0, t2 - t1, t2 - t0, steps, prefill=pre, decode=dec, prompt_lengths=ragged)
 
 # %% ../nbs/23_harness.ipynb #c1d22750
 def _sum_dicts(*ds) -> dict:
@@ -608,3 +635,13 @@ class HFBackend(Backend):
     def prompts(self, batch_size, prompt_tokens): return text_prompts(self._ids, batch_size, prompt_tokens)
     def generate(self, prompts, new_tokens, stop_token_ids=()):
         return hf_stream(self.model, prompts, new_tokens, stop_token_ids, self.input_device, self.pad_token_id)
+
+    ragged = True  # left-padded, with an attention mask and positions that count real tokens only
+    def encode(self, prompt):
+        "A text prompt's ids as the tokenizer makes them (its special tokens included); chat messages through the chat template."
+        if isinstance(prompt, str): return list(self.tokenizer(prompt)['input_ids'])
+        if not getattr(self.tokenizer, 'chat_template', None):
+            raise ValueError(f"task: {self.name} has no chat template, so it cannot answer chat prompts; give text prompts")
+        ids = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
+        return list(ids['input_ids'] if hasattr(ids, 'keys') else ids)
+    def decode(self, ids): return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -7,8 +7,8 @@ Docs: https://energytok.github.io/energytok/quality.html.md"""
 # %% auto #0
 __all__ = ['CHECKERS', 'OUTPUT_COLUMNS', 'OutputDiff', 'compare_tokens', 'prompt_id', 'divergence', 'batch_invariance',
            'proportion_interval', 'divergence_summary', 'agreement_curve', 'normalise', 'get_checker', 'Task',
-           'builtin_task', 'load_task', 'resolve_task', 'task_indices', 'checker_name', 'output_rows', 'load_outputs',
-           'cost_of_pass', 'reversals']
+           'builtin_task', 'load_task', 'resolve_task', 'task_indices', 'task_identity', 'checker_name', 'output_rows',
+           'load_outputs', 'cost_of_pass', 'reversals']
 
 # %% ../nbs/27_quality.ipynb #bfadf6ee
 import math, re, json, hashlib, itertools
@@ -53,26 +53,35 @@ def _matches(df, levels:dict):
 
 def divergence(outputs:pd.DataFrame, # one row per generated sequence: factor columns, `prompt_id`, `tokens`
                by:list, # the factor columns that name a configuration
-               reference:dict=None, # the reference configuration's levels; default fp32 at batch 1 where those factors vary
+               reference:dict=None, # the reference configuration's levels; default fp32 at batch 1 without quantization, where those factors vary
+               within:list=None, # factors an output shares with its reference (default: those of `by` the reference does not set)
               ) -> pd.DataFrame:
-    "Every output compared with the reference output of its prompt: one row per output with first divergence, agreement, exact."
+    "Every output compared with the reference output of its prompt (within its model, lengths...): one row per output with first divergence, agreement, exact."
     check_columns('outputs', outputs, list(by) + ['prompt_id', 'tokens'])
+    outputs = outputs.reset_index(drop=True)
     if reference is None:
-        reference = {k: v for k, v in (('dtype', 'fp32'), ('batch_size', 1)) if k in by}
-    unknown = [k for k in reference if k not in by]
-    if unknown: raise ValueError(f"reference: {unknown} are not factors of these outputs ({by})")
+        reference = {k: v for k, v in (('dtype', 'fp32'), ('batch_size', 1), ('quantization', 'none')) if k in by}
+    unknown = [k for k in reference if k not in outputs.columns]
+    if unknown: raise ValueError(f"reference: {unknown} are not columns of these outputs ({by})")
+    within = [k for k in by if k not in reference] if within is None else list(within)
     is_ref = _matches(outputs, reference)
     if not is_ref.any(): raise ValueError(f"reference: no output of the configuration {reference}; expected one of the configurations run")
-    ref = outputs[is_ref].drop_duplicates('prompt_id').set_index('prompt_id')['tokens']  # the first repetition of each prompt
-    rows = []
-    for r in outputs[~is_ref].itertuples(index=False):
-        r = r._asdict()
-        if r['prompt_id'] not in ref.index: continue
-        d = compare_tokens(ref[r['prompt_id']], r['tokens'])
-        rows.append({**{k: r[k] for k in by}, 'prompt_id': r['prompt_id'], 'first_divergence': d.first_divergence,
-                     'agreement': d.agreement, 'exact': d.exact, 'length': len(r['tokens'])})
+    if 'reference' in outputs:  # reference outputs first, so that they are the ones compared with
+        outputs = outputs.assign(_r=~outputs['reference'].fillna(False).astype(bool)).sort_values('_r', kind='stable').drop(columns='_r')
+        is_ref = is_ref.loc[outputs.index]
+    rows, missing = [], 0
+    groups = outputs.groupby(within, dropna=False, sort=False) if within else [((), outputs)]
+    for _, g in groups:
+        mine = is_ref.loc[g.index]
+        ref = g[mine].drop_duplicates('prompt_id').set_index('prompt_id')['tokens']  # the first of each prompt
+        for r in g[~mine].itertuples(index=False):
+            r = r._asdict()
+            if r['prompt_id'] not in ref.index: missing += 1; continue
+            d = compare_tokens(ref[r['prompt_id']], r['tokens'])
+            rows.append({**{k: r[k] for k in by}, 'prompt_id': r['prompt_id'], 'first_divergence': d.first_divergence,
+                         'agreement': d.agreement, 'exact': d.exact, 'length': len(r['tokens'])})
     res = pd.DataFrame(rows, columns=list(by) + ['prompt_id', 'first_divergence', 'agreement', 'exact', 'length'])
-    res.attrs.update(reference=reference, not_compared=int((~is_ref & ~outputs['prompt_id'].isin(ref.index)).sum()))
+    res.attrs.update(reference=reference, within=within, not_compared=missing)
     return res
 
 def batch_invariance(outputs:pd.DataFrame, # as for `divergence`, with a `batch_size` column
@@ -203,7 +212,7 @@ def load_task(path, # a JSONL file: one {"prompt" or "messages", "answer"} per l
         prompts.append(d.get('prompt', d.get('messages'))); answers.append(str(d['answer']))
     return Task(p.stem, prompts, answers, checker, str(p))
 
-# %% ../nbs/27_quality.ipynb #5d940a22
+# %% ../nbs/27_quality.ipynb #bd180977
 def resolve_task(task, # 'builtin', a JSONL path, or a `Task`
                  checker=None, # a name in `CHECKERS` or a callable; None: the task's own ('prefix' built in, 'normalised' from a file)
                  prompt_tokens:int=64, # context of the built-in task's prompts, bytes
@@ -223,15 +232,21 @@ def task_indices(n_prompts:int, # prompts in the task
     "The task prompts one run answers: repetition r at batch size B answers rB .. rB + B - 1, wrapping round the task."
     return [(repetition * batch_size + j) % n_prompts for j in range(batch_size)]
 
+def task_identity(task:Task) -> dict:
+    "What identifies a task in a sweep's design: its name, checker, size and a digest of its prompts and answers."
+    body = json.dumps([task.prompts, task.answers], sort_keys=True, ensure_ascii=False).encode()
+    return dict(name=task.name, checker=checker_name(task.checker), n_prompts=len(task), digest=hashlib.sha256(body).hexdigest()[:12])
+
 def checker_name(checker) -> str:
     "A checker as the records name it: its name in `CHECKERS`, else the callable's qualified name."
     return checker if isinstance(checker, str) else getattr(checker, '__qualname__', repr(checker))
 
-# %% ../nbs/27_quality.ipynb #a35401b2
-OUTPUT_COLUMNS = ('run_id', 'timestamp', 'reference', 'model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens',
+# %% ../nbs/27_quality.ipynb #de938aab
+OUTPUT_COLUMNS = ('sweep_id', 'run_id', 'timestamp', 'reference', 'model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens',
                   'new_tokens', 'device', 'world_size', 'prompt_index', 'prompt_id', 'tokens', 'text', 'answer', 'correct', 'quality')
 
-def output_rows(run_id, # the run's id (None for reference outputs)
+def output_rows(sweep_id, # the sweep
+                run_id, # the run's id (None for reference outputs)
                 timestamp, # the run record's timestamp (None for reference outputs)
                 config:dict, # the run's configuration columns
                 prompts:list, # prompt token ids, one list per sequence
@@ -248,7 +263,7 @@ def output_rows(run_id, # the run's id (None for reference outputs)
     rows = []
     for i, p, t, s in zip(indices, prompts, tokens, texts):
         ans = task.answers[i] if task is not None else None
-        rows.append({**{k: config.get(k) for k in OUTPUT_COLUMNS[3:11]}, 'run_id': run_id, 'timestamp': timestamp,
+        rows.append({**{k: config.get(k) for k in OUTPUT_COLUMNS[4:12]}, 'sweep_id': sweep_id, 'run_id': run_id, 'timestamp': timestamp,
                      'reference': reference, 'prompt_index': i, 'prompt_id': prompt_id(p), 'tokens': [int(x) for x in t],
                      'text': s, 'answer': ans, 'correct': None if check is None else bool(check(s, ans)), 'quality': quality})
     return [{k: r[k] for k in OUTPUT_COLUMNS} for r in rows]

@@ -6,9 +6,10 @@ Docs: https://energytok.github.io/energytok/store.html.md"""
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'DEVICE_DEFAULTS', 'DEVICE_COLUMNS', 'JOB_DEFAULTS', 'JOB_COLUMNS', 'SERVING_COLUMNS',
-           'TASK_COLUMNS', 'RUN_COLUMNS', 'CONFIG_COLUMNS', 'TORN_SUFFIX', 'LOCK_NAME', 'run_key', 'make_record',
-           'utc_now', 'path_error', 'describe_os_error', 'RunStore', 'read_records', 'FolderLocked', 'folder_lock',
-           'load_runs', 'QualityTarget', 'ServiceTarget', 'write_atomic', 'write_json_atomic', 'append_lines']
+           'TASK_COLUMNS', 'RUN_COLUMNS', 'SIDE_FILES', 'CONFIG_COLUMNS', 'TORN_SUFFIX', 'LOCK_NAME', 'run_key',
+           'make_record', 'utc_now', 'path_error', 'describe_os_error', 'RunStore', 'read_records', 'FolderLocked',
+           'folder_lock', 'load_runs', 'QualityTarget', 'ServiceTarget', 'write_atomic', 'write_json_atomic',
+           'append_lines']
 
 # %% ../nbs/21_store.ipynb #012a9900
 import os, json, math, hashlib, datetime, warnings, numbers, socket, uuid
@@ -65,6 +66,8 @@ RUN_COLUMNS = (
     # served runs
     *SERVING_COLUMNS,
 )
+
+SIDE_FILES = ('requests.jsonl', 'outputs.jsonl')  # beside runs.jsonl: a served level's requests, every generated sequence
 
 CONFIG_COLUMNS = ('model', 'dtype', 'batch_size', 'prompt_tokens', 'new_tokens', 'device', 'levers', 'quantization',
                   'concurrency', 'request_rate', 'world_size')  # replicas under torchrun are another configuration
@@ -293,7 +296,7 @@ def load_runs(path # a runs.jsonl file, or a folder searched recursively for *.j
     import pandas as pd
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"path: {path} does not exist")
-    files = sorted(f for f in path.rglob('*.jsonl') if f.name != 'requests.jsonl') if path.is_dir() else [path]  # requests of served runs are not runs
+    files = sorted(f for f in path.rglob('*.jsonl') if f.name not in SIDE_FILES) if path.is_dir() else [path]  # requests and outputs are not runs
     # read column by column: a record's dict is dropped as soon as its values are filed
     cols, seen, newer, bad, n, strings = {}, set(), set(), 0, 0, {} # repeated strings (model, dtype, ...) share one object
     std, fast, rest = None, [], []
