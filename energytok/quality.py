@@ -8,7 +8,8 @@ Docs: https://energytok.github.io/energytok/quality.html.md"""
 __all__ = ['CHECKERS', 'OUTPUT_COLUMNS', 'OutputDiff', 'compare_tokens', 'prompt_id', 'divergence', 'batch_invariance',
            'proportion_interval', 'divergence_summary', 'agreement_curve', 'normalise', 'get_checker', 'Task',
            'builtin_task', 'load_task', 'resolve_task', 'task_indices', 'task_identity', 'checker_name', 'output_rows',
-           'load_outputs', 'cost_of_pass', 'reversals']
+           'load_outputs', 'cost_of_pass', 'reversals', 'config_label', 'per_request', 'QualityReport',
+           'quality_report']
 
 # %% ../nbs/27_quality.ipynb #bfadf6ee
 import math, re, json, hashlib, itertools
@@ -212,7 +213,7 @@ def load_task(path, # a JSONL file: one {"prompt" or "messages", "answer"} per l
         prompts.append(d.get('prompt', d.get('messages'))); answers.append(str(d['answer']))
     return Task(p.stem, prompts, answers, checker, str(p))
 
-# %% ../nbs/27_quality.ipynb #bd180977
+# %% ../nbs/27_quality.ipynb #9d0bc746
 def resolve_task(task, # 'builtin', a JSONL path, or a `Task`
                  checker=None, # a name in `CHECKERS` or a callable; None: the task's own ('prefix' built in, 'normalised' from a file)
                  prompt_tokens:int=64, # context of the built-in task's prompts, bytes
@@ -241,7 +242,7 @@ def checker_name(checker) -> str:
     "A checker as the records name it: its name in `CHECKERS`, else the callable's qualified name."
     return checker if isinstance(checker, str) else getattr(checker, '__qualname__', repr(checker))
 
-# %% ../nbs/27_quality.ipynb #de938aab
+# %% ../nbs/27_quality.ipynb #ff1bf29d
 OUTPUT_COLUMNS = ('sweep_id', 'run_id', 'timestamp', 'reference', 'model', 'dtype', 'quantization', 'batch_size', 'prompt_tokens',
                   'new_tokens', 'device', 'world_size', 'prompt_index', 'prompt_id', 'tokens', 'text', 'answer', 'correct', 'quality')
 
@@ -343,3 +344,129 @@ def reversals(table:pd.DataFrame, # one row per run (or request): factor columns
                              j_per_token_ratio=float(a[per_token] / b[per_token]) if dt < 0 else float(b[per_token] / a[per_token]),
                              tokens_per_request_ratio=float(a[tokens] / b[tokens]) if dt < 0 else float(b[tokens] / a[tokens])))
     return pd.DataFrame(rows, columns=['cheaper_per_token', 'cheaper_per_request', 'j_per_token_ratio', 'tokens_per_request_ratio'])
+
+# %% ../nbs/27_quality.ipynb #dedc320e
+def config_label(by:list, # factor columns
+                 values, # their levels, in order
+                ) -> str:
+    "A configuration's label as the statistics chapters write it: the level alone for one factor, else 'f=v, g=w'."
+    from energytok.stats_describe import _fmt_level
+    values = values if isinstance(values, tuple) else (values,)
+    return _fmt_level(values[0]) if len(by) == 1 else ', '.join(f'{f}={_fmt_level(v)}' for f, v in zip(by, values))
+
+def per_request(runs:pd.DataFrame, # run records
+               ) -> pd.DataFrame:
+    "`runs` with `j_per_request` and `tokens_per_request`: a served level's as recorded, an in-process run's per sequence it generated."
+    t = runs.copy()
+    seqs = pd.to_numeric(t['batch_size'], errors='coerce') * pd.to_numeric(t.get('world_size', 1), errors='coerce').fillna(1)
+    jpr = pd.to_numeric(t['energy_j'], errors='coerce') / seqs
+    tpr = pd.to_numeric(t['decode_tokens'], errors='coerce') / seqs
+    if 'j_per_request' in t:  # served: J/token x mean output tokens of its requests
+        served = pd.to_numeric(t['j_per_request'], errors='coerce')
+        jpr = jpr.where(served.isna(), served)
+        tpr = tpr.where(served.isna(), served / pd.to_numeric(t['j_per_token'], errors='coerce'))
+    return t.assign(j_per_request=jpr, tokens_per_request=tpr)
+
+@dataclass
+class QualityReport:
+    "What the outputs and answers of a sweep say: divergence from the reference, batch invariance, energy per correct answer, per-request reversals."
+    by: list # the factor columns
+    reference: dict = None # the reference configuration's levels
+    divergence: pd.DataFrame = None # per configuration: `divergence_summary` + held-out loss and J/token against the reference
+    invariance: pd.DataFrame = None # per configuration: its outputs against batch `base_batch` in the same precision
+    curve: pd.DataFrame = None # `agreement_curve`
+    cost: pd.DataFrame = None # `cost_of_pass` per configuration
+    requests: pd.DataFrame = None # per configuration: J/token, J/request, tokens/request
+    reversals: pd.DataFrame = None # `reversals`
+    sentences: list = field(default_factory=list) # one per configuration: energy saved for output changed
+    not_computed: dict = field(default_factory=dict) # part -> why
+
+    def row(self, table:str, # 'divergence', 'invariance' or 'cost'
+            label:str, # a configuration label (`config_label`)
+           ) -> dict|None:
+        "One configuration's row of a table, or None."
+        t = getattr(self, table)
+        if t is None or not len(t): return None
+        hit = [i for i, k in enumerate(t[self.by].itertuples(index=False)) if config_label(self.by, tuple(k)) == label]
+        return t.iloc[hit[0]].to_dict() if hit else None
+
+    def to_dict(self) -> dict:
+        rec = lambda df: None if df is None else json.loads(df.to_json(orient='records'))
+        return dict(by=self.by, reference=self.reference, divergence=rec(self.divergence), batch_invariance=rec(self.invariance),
+                    cost_of_pass=rec(self.cost), per_request=rec(self.requests), reversals=rec(self.reversals),
+                    sentences=self.sentences, not_computed=self.not_computed)
+
+def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt) -> str:
+    "'bf16 saves 18 % J/token, 42 % of outputs identical to fp32, first divergence at token 31 median'."
+    parts = []
+    if ref_jpt and jpt is not None and math.isfinite(jpt):
+        ch = 1 - jpt / ref_jpt
+        parts.append(f"{'saves' if ch >= 0 else 'costs'} {abs(ch):.0%} J/token against {ref_lab}")
+    parts.append(f"{row['identical']:.0%} of outputs identical to {ref_lab} ({row['identical_low']:.0%} to {row['identical_high']:.0%}, "
+                 f"{int(row['n_prompts'])} prompts)")
+    fd = row['median_first_divergence']
+    parts.append(f"first divergence at token {fd:g} median" if math.isfinite(fd) else "no output diverged")
+    return f"{lab} " + ', '.join(parts)
+
+def quality_report(runs:pd.DataFrame, # run records
+                   by:list, # factor columns naming configurations
+                   outputs:pd.DataFrame=None, # `load_outputs` (None: no divergence)
+                   reference:dict=None, # the reference configuration's levels (default fp32 at batch 1 where they vary)
+                   ci:float=0.95, # confidence level
+                  ) -> QualityReport:
+    "Divergence, batch invariance, energy per correct answer and per-request reversals of `runs`, each computed where the records allow."
+    by = list(by)
+    rep = QualityReport(by)
+    def attempt(part, fn):
+        try: return fn()
+        except (ValueError, KeyError, TypeError) as e: rep.not_computed[part] = str(e); return None
+    jpt = runs.groupby(by, sort=True, dropna=False)['j_per_token'].mean() if 'j_per_token' in runs else None
+    if outputs is not None and len(outputs):
+        o = outputs[outputs['reference'].fillna(False).astype(bool) | outputs['run_id'].isin(set(runs['run_id']))] if 'run_id' in runs else outputs
+        missing = [k for k in by if k not in o.columns]
+        if missing: rep.not_computed['divergence'] = f"the outputs have no column {missing[0]!r}, a factor of this comparison"
+        else:
+            ref = reference if reference is not None else {k: v for k, v in (('dtype', 'fp32'), ('batch_size', 1), ('quantization', 'none'))
+                                                         if k in by or (k in o and o.loc[o['reference'].fillna(False).astype(bool), k].nunique() == 1)}
+            ref = {k: v for k, v in ref.items() if k in o.columns}
+            rep.reference = ref
+            div = attempt('divergence', lambda: divergence(o, by, ref, within=[k for k in by if k not in ref]))
+            if div is not None and len(div):
+                s = divergence_summary(div, by, ci)
+                refq = o.loc[_matches(o, ref), 'quality'].dropna() if 'quality' in o else pd.Series(dtype=float)
+                q = runs.groupby(by, sort=True, dropna=False)['quality'].mean() if 'quality' in runs else None
+                shown = [k for k in ref if k in by] or list(ref)  # name the reference by the factors compared
+                ref_lab = config_label(shown, tuple(ref[k] for k in shown))
+                ref_runs = runs[_matches(runs, ref)] if all(k in runs for k in ref) else runs.iloc[:0]
+                ref_jpt = float(ref_runs['j_per_token'].mean()) if len(ref_runs) and ref_runs['j_per_token'].notna().any() else None
+                loss, change = [], []
+                for k in s[by].itertuples(index=False):
+                    key = tuple(k) if len(by) > 1 else k[0]
+                    qv = q.get(key) if q is not None else None
+                    loss.append(float(qv) - float(refq.iloc[0]) if qv is not None and pd.notna(qv) and len(refq) else math.nan)
+                    j = jpt.get(key) if jpt is not None else None
+                    change.append(float(j) / ref_jpt - 1 if ref_jpt and j is not None and pd.notna(j) else math.nan)
+                    rep.sentences.append(_saving_sentence(config_label(by, tuple(k)), ref_lab, s.iloc[len(change) - 1],
+                                                          None if j is None or pd.isna(j) else float(j), ref_jpt))
+                rep.divergence = s.assign(quality_difference=loss, j_per_token_change=change)
+                rep.curve = agreement_curve(div, by)
+                if div.attrs.get('not_compared'):
+                    rep.not_computed['divergence (some outputs)'] = (f"{div.attrs['not_compared']} output(s) have no reference output "
+                                                                     "of their prompt and are not compared")
+            elif div is not None: rep.not_computed['divergence'] = 'every output belongs to the reference configuration'
+            if 'batch_size' in by and 'batch_size' in o and o['batch_size'].nunique() > 1:
+                measured = o[~o['reference'].fillna(False).astype(bool)]
+                base = int(pd.to_numeric(measured['batch_size']).min())
+                inv = attempt('batch invariance', lambda: batch_invariance(measured, by, base))
+                if inv is not None and len(inv): rep.invariance = divergence_summary(inv, by, ci)
+    else: rep.not_computed['divergence'] = 'no outputs were recorded (outputs.jsonl is absent, or the runs were made with --no-outputs)'
+    if 'n_attempts' in runs and runs['n_attempts'].notna().any():
+        tasked = runs[runs['n_attempts'].notna()]
+        energy = 'attempt_energy_j' if 'attempt_energy_j' in tasked and tasked['attempt_energy_j'].notna().any() else 'energy_j'
+        rep.cost = attempt('energy per correct answer', lambda: cost_of_pass(tasked, by, energy=energy, ci=ci))
+    if {'energy_j', 'decode_tokens', 'batch_size', 'j_per_token'} <= set(runs.columns):
+        t = per_request(runs)
+        m = t.groupby(by, sort=True, dropna=False)[['j_per_token', 'j_per_request', 'tokens_per_request']].mean().reset_index()
+        rep.requests = m
+        if len(m) > 1: rep.reversals = attempt('per-request reversals', lambda: reversals(t, by))
+    return rep

@@ -621,6 +621,13 @@ def compact_summary(runs, # the sweep's records
     if metric is not None: out['quality'] = pd.to_numeric(t['quality'], errors='coerce')
     judged = runs['meets_quality'].notna().any() or runs['meets_service'].notna().any()
     if judged: out['good %'], out['J/good tok'] = 100 * t['good_fraction'], t['j_per_good_token']
+    tasked = 'n_attempts' in runs and runs['n_attempts'].notna().any()
+    if tasked:
+        from energytok.metrics import GROUP_BY
+        from energytok.quality import cost_of_pass
+        on = [c for c in GROUP_BY if c in t]
+        cp = t[on].merge(cost_of_pass(runs[runs['n_attempts'].notna()], on, energy='attempt_energy_j'), on=on, how='left')
+        out['correct %'], out['J/correct'] = 100 * cp['success_rate'].to_numpy(), cp['j_per_correct'].to_numpy()
     if 'measured_over_floor' in t: out['x floor'] = t['measured_over_floor']
     provs = sorted(set(t['energy_provenance']))
     if len(provs) > 1: out['energy'] = t['energy_provenance'] + t['estimated'].map({True: ' (est.)', False: ''})
@@ -634,6 +641,10 @@ def compact_summary(runs, # the sweep's records
     if metric is not None: foot.append(f"quality: {metric}, mean over the runs" + (" (lower is better)." if 'loss' in metric else '.'))
     else: foot.append("quality: no quality figure for these runs.")
     if judged: foot.append("good %: runs meeting q* and s*; J/good tok: all energy / the tokens of those runs.")
+    if tasked:
+        names = sorted(set(runs['task'].dropna()) | set(runs['checker'].dropna().map(lambda c: f'checker {c}')))
+        foot.append(f"correct %: answers the checker accepts, of all attempts ({', '.join(names)}); J/correct: the energy of "
+                    "every attempt / the correct answers (inf: none correct). Intervals: `energytok report`.")
     if 'x floor' in out: foot.append("x floor: measured J/token / the datasheet's energy floor for the same FLOPs.")
     if 'no energy' in out: foot.append("no energy: runs whose sensor gave no valid reading; left out of every energy figure.")
     return out, foot
@@ -648,7 +659,7 @@ def format_summary(runs, # the sweep's records
         with pd.option_context('display.width', 10_000, 'display.max_columns', 100):
             return summary_table(runs).to_string(index=False, float_format='{:.4g}'.format)
     table, foot = compact_summary(runs)
-    digits = {'±sd': 2, 'TTFT ms': 3, 'TPOT ms': 3, 'good %': 3, 'x floor': 3}
+    digits = {'±sd': 2, 'TTFT ms': 3, 'TPOT ms': 3, 'good %': 3, 'x floor': 3, 'correct %': 3}
     fmts = {c: (lambda d: lambda v: '–' if pd.isna(v) else f'{v:.{d}g}')(digits.get(c, 4))
             for c in table.columns if pd.api.types.is_float_dtype(table[c])}
     dropped = []
