@@ -240,6 +240,7 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
                 facility=None, # an `energytok.production.FacilitySpec`; None: the device power limit is the power stave
                 n_devices:int=None, # devices the runs used, for the binding constraint (None: the records' `n_devices`, else 1)
                 ci:float=0.95, # confidence level of the intervals
+                quality=None, # the sweep's `energytok.quality.QualityReport`: adds this configuration's output divergence and its sentence
                ) -> EnergyCard:
     "The energy-to-token card of one configuration: J/token (IT, PUE) with intervals, binding constraint, power, output, quality, latency."
     if not isinstance(runs, pd.DataFrame): raise TypeError(f"runs: expected a pandas DataFrame, got {type(runs).__name__}")
@@ -273,6 +274,9 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
     for name, col in (('runs meeting the quality target', 'meets_quality'), ('runs meeting the service target', 'meets_service')):
         if col in runs and _fraction_true(runs[col]) is not None:
             rows.append(dict(quantity=name, value=_fraction_true(runs[col]), ci_low=math.nan, ci_high=math.nan, unit='fraction', basis='q*/s* verdicts'))
+    rows += _answer_rows(runs, tag, ci)
+    said = _divergence_rows(runs, quality)
+    rows += said[0]
     table = pd.DataFrame([r for r in rows if r is not None])
     bs = next((float(v) for c in ('batch_size', 'concurrency') if c in runs for v in runs[c].iloc[:1] if pd.notna(v)), None)  # served runs: concurrency
     recorded, dev_note = recorded_devices(runs)
@@ -293,8 +297,48 @@ def energy_card(runs:pd.DataFrame, # run records (`energytok.store.load_runs`)
     if len(runs) < 2: notes.append("one run only: no interval can be given")
     if est and estimate_note(prov): notes.append(f"the energy estimate is {estimate_note(prov)}")
     notes.append(f"J/token uncertainty: {_dominance_note(mvs)}")
+    if said[1]: notes.append(said[1])
     if dev_note and n_devices is None: notes.append(dev_note)
     if n is None and tpf is not None:
         notes.append("the records do not say how many devices the runs used: the binding constraint assumes one (give n_devices=)")
     return EnergyCard(label, len(runs), table, prov, est, tpf.binding if tpf else None, tpf.to_dict() if tpf else None,
                       why, hw, ci, notes)
+
+# %% ../nbs/34_card.ipynb #3abbd36b
+def _answer_rows(runs, tag, ci) -> list:
+    "Card rows of a configuration scored on a task: success rate (Wilson), J per attempt and J per correct answer (`cost_of_pass`)."
+    if 'n_attempts' not in runs or runs['n_attempts'].isna().all(): return []
+    from energytok.quality import cost_of_pass
+    tasked = runs[runs['n_attempts'].notna()].assign(_config='this')
+    energy = 'attempt_energy_j' if 'attempt_energy_j' in tasked and tasked['attempt_energy_j'].notna().any() else 'energy_j'
+    c = cost_of_pass(tasked, ['_config'], energy=energy, ci=ci).iloc[0]
+    what = f"task {tasked['task'].dropna().iloc[0]!r}, checker {tasked['checker'].dropna().iloc[0]!r}" if tasked['task'].notna().any() else 'the task'
+    if not c.get('attempts'): return []  # every tasked run lacks energy: no row rather than a 0
+    rows = [dict(quantity='success rate', value=c['success_rate'], ci_low=c['success_low'], ci_high=c['success_high'], unit='fraction',
+                 basis=f"{int(c['correct'])} of {int(c['attempts'])} answers correct ({what}); Wilson interval"),
+            dict(quantity='energy per attempt', value=c['j_per_attempt'], ci_low=c['j_per_attempt_low'], ci_high=c['j_per_attempt_high'],
+                 unit='J', basis=f"{tag}; energy of the answers over the answers attempted, interval across runs")]
+    rows.append(dict(quantity='energy per correct answer', value=c['j_per_correct'], ci_low=c['j_per_correct_low'],
+                     ci_high=c['j_per_correct_high'], unit='J',
+                     basis=f"{tag}; J per attempt / success rate, delta-method interval on the log scale" if c['correct'] else
+                           f"{tag}; no correct answer: unbounded above, the lower bound from the success rate's upper limit"))
+    return rows
+
+def _divergence_rows(runs, quality) -> tuple:
+    "(card rows, sentence) of this configuration's outputs against the sweep's reference, from a `QualityReport`; ([], None) without one."
+    if quality is None or not all(k in runs for k in quality.by): return [], None
+    from energytok.quality import config_label
+    levels = runs[quality.by].drop_duplicates()
+    if len(levels) != 1: return [], None
+    lab = config_label(quality.by, tuple(levels.iloc[0]))
+    d = quality.row('divergence', lab)
+    if d is None: return [], None
+    ref = quality.reference_label or 'the reference'
+    rows = [dict(quantity='outputs identical to the reference', value=d['identical'], ci_low=d['identical_low'], ci_high=d['identical_high'],
+                 unit='fraction', basis=f"greedy outputs of {int(d['n_prompts'])} prompts against {ref}; Wilson interval")]
+    if math.isfinite(d['median_first_divergence']):
+        rows.append(dict(quantity='first divergence (median)', value=d['median_first_divergence'], ci_low=math.nan, ci_high=math.nan,
+                         unit='token', basis='generated position of the first token unlike the reference, over outputs that diverged'))
+    rows.append(dict(quantity='token agreement (mean)', value=d['mean_agreement'], ci_low=math.nan, ci_high=math.nan, unit='fraction',
+                     basis="share of the reference's generated positions where the output has the same token"))
+    return rows, quality.sentence(lab)

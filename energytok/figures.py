@@ -1,4 +1,4 @@
-"""The comparison report's figures, drawn with seaborn: box + strip per configuration, interaction plot, forest plot of pairwise ratios, residual QQ plot, residuals against run order, ECDF per configuration, the J/token against tokens/s Pareto scatter, and the load curve of a served model.
+"""The comparison report's figures, drawn with seaborn: box + strip per configuration, interaction plot, forest plot of pairwise ratios, residual QQ plot, residuals against run order, ECDF per configuration, the J/token against tokens/s Pareto scatter, the load curve of a served model, and the agreement of outputs with a reference configuration.
 
 Docs: https://energytok.github.io/energytok/figures.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://energytok.github.io/energytok/figures.html.md"""
 # %% auto #0
 __all__ = ['QUANTITIES', 'PALETTE', 'PALETTE_MORE', 'LINESTYLES', 'MARKERS', 'Plot', 'fig_text', 'quantity', 'axis_label',
            'palette', 'styles', 'box_strip', 'interaction_plot', 'forest_plot', 'qq_plot', 'residuals_vs_order',
-           'ecdf_plot', 'pareto_front', 'pareto_plot', 'load_curve_table', 'load_curve']
+           'ecdf_plot', 'pareto_front', 'pareto_plot', 'load_curve_table', 'load_curve', 'agreement_plot']
 
 # %% ../nbs/36_figures.ipynb #008140b6
 import io, math, base64, html
@@ -460,3 +460,29 @@ def load_curve(runs, # served-run records with `concurrency` (`energytok bench-s
     return Plot('load_curve', cap, fig, meta=dict(concurrency=tab['concurrency'].tolist(), binding=tab['binding'].tolist(),
                                                   changes=[dict(from_concurrency=ca, to_concurrency=cb, from_stave=fa, to_stave=fb)
                                                            for ca, cb, fa, fb in changes]))
+
+# %% ../nbs/36_figures.ipynb #97d22c85
+def agreement_plot(curve:pd.DataFrame, # `energytok.quality.agreement_curve`: factor columns, `position`, `identical_through`
+                   by:list, # the factor columns
+                   reference:str='the reference', # how the caption names the reference configuration
+                   summary:pd.DataFrame=None, # `divergence_summary` (prompts compared per configuration, for the legend)
+                  ) -> Plot:
+    "Share of each configuration's outputs identical to the reference through each generated position."
+    from energytok.quality import config_label
+    if not len(curve): raise ValueError("curve: no configuration was compared with the reference (an empty agreement curve)")
+    by = list(by)
+    groups = list(curve.groupby(by, sort=True, dropna=False))
+    n = {config_label(by, tuple(r[by])): int(r['n_prompts']) for _, r in summary.iterrows()} if summary is not None else {}
+    fig, ax = _figure(7.5, 4.2)
+    for (key, g), col, i in zip(groups, palette(len(groups)), range(len(groups))):
+        lab = config_label(by, key if isinstance(key, tuple) else (key,))
+        ax.step(g['position'].to_numpy() + 1, g['identical_through'].to_numpy(), where='post', color=col,
+                ls=LINESTYLES[i % len(LINESTYLES)], lw=1.8, label=fig_text(lab + (f' ({n[lab]} prompts)' if lab in n else ''), 60, 1))
+    ax.set_ylim(-0.03, 1.03); ax.set_xlim(left=0.5)
+    ax.set_xlabel('generated position k (tokens)'); ax.set_ylabel('share of outputs identical through k')
+    ax.legend(fontsize=7, ncol=1 if len(groups) <= 8 else 2, loc='lower left')
+    end = {config_label(by, k if isinstance(k, tuple) else (k,)): float(g['identical_through'].iloc[-1]) for k, g in groups}
+    cap = (f"Share of each configuration's greedy outputs identical to {reference}'s output of the same prompt through generated "
+           f"position k, {len(groups)} configuration{'s' if len(groups) != 1 else ''}; identical over the whole length: "
+           + '; '.join(f'{k} {v:.0%}' for k, v in end.items()) + '.')
+    return Plot('agreement', cap, fig, meta=dict(identical_at_end=end))

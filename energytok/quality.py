@@ -372,6 +372,7 @@ class QualityReport:
     "What the outputs and answers of a sweep say: divergence from the reference, batch invariance, energy per correct answer, per-request reversals."
     by: list # the factor columns
     reference: dict = None # the reference configuration's levels
+    reference_label: str = None # how tables and sentences name it: its levels of the compared factors (and of any the runs hold elsewhere)
     divergence: pd.DataFrame = None # per configuration: `divergence_summary` + held-out loss and J/token against the reference
     invariance: pd.DataFrame = None # per configuration: its outputs against batch `base_batch` in the same precision
     curve: pd.DataFrame = None # `agreement_curve`
@@ -385,14 +386,23 @@ class QualityReport:
             label:str, # a configuration label (`config_label`)
            ) -> dict|None:
         "One configuration's row of a table, or None."
+        i = self._position(table, label)
+        return None if i is None else getattr(self, table).iloc[i].to_dict()
+
+    def _position(self, table, label):
         t = getattr(self, table)
         if t is None or not len(t): return None
-        hit = [i for i, k in enumerate(t[self.by].itertuples(index=False)) if config_label(self.by, tuple(k)) == label]
-        return t.iloc[hit[0]].to_dict() if hit else None
+        return next((i for i, k in enumerate(t[self.by].itertuples(index=False)) if config_label(self.by, tuple(k)) == label), None)
+
+    def sentence(self, label:str # a configuration label (`config_label`)
+                ) -> str|None:
+        "The configuration's sentence of energy saved against output changed, or None."
+        i = self._position('divergence', label)
+        return None if i is None else self.sentences[i]  # one sentence per row of `divergence`, in its order
 
     def to_dict(self) -> dict:
         rec = lambda df: None if df is None else json.loads(df.to_json(orient='records'))
-        return dict(by=self.by, reference=self.reference, divergence=rec(self.divergence), batch_invariance=rec(self.invariance),
+        return dict(by=self.by, reference=self.reference, reference_label=self.reference_label, divergence=rec(self.divergence), batch_invariance=rec(self.invariance),
                     cost_of_pass=rec(self.cost), per_request=rec(self.requests), reversals=rec(self.reversals),
                     sentences=self.sentences, not_computed=self.not_computed)
 
@@ -401,7 +411,7 @@ def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt) -> str:
     parts = []
     if ref_jpt and jpt is not None and math.isfinite(jpt):
         ch = 1 - jpt / ref_jpt
-        parts.append(f"{'saves' if ch >= 0 else 'costs'} {abs(ch):.0%} J/token against {ref_lab}")
+        parts.append(f"{'saves' if ch >= 0 else 'costs'} {abs(ch):.0%} J/token")
     parts.append(f"{row['identical']:.0%} of outputs identical to {ref_lab} ({row['identical_low']:.0%} to {row['identical_high']:.0%}, "
                  f"{int(row['n_prompts'])} prompts)")
     fd = row['median_first_divergence']
@@ -435,8 +445,9 @@ def quality_report(runs:pd.DataFrame, # run records
                 s = divergence_summary(div, by, ci)
                 refq = o.loc[_matches(o, ref), 'quality'].dropna() if 'quality' in o else pd.Series(dtype=float)
                 q = runs.groupby(by, sort=True, dropna=False)['quality'].mean() if 'quality' in runs else None
-                shown = [k for k in ref if k in by] or list(ref)  # name the reference by the factors compared
-                ref_lab = config_label(shown, tuple(ref[k] for k in shown))
+                fixed = lambda k: k in runs and runs[k].astype(str).nunique() == 1 and str(runs[k].iloc[0]) != str(ref[k])
+                shown = [k for k in ref if k in by or fixed(k)] or list(ref)  # the factors compared, and any the runs all hold elsewhere
+                rep.reference_label = ref_lab = config_label(shown, tuple(ref[k] for k in shown))
                 ref_runs = runs[_matches(runs, ref)] if all(k in runs for k in ref) else runs.iloc[:0]
                 ref_jpt = float(ref_runs['j_per_token'].mean()) if len(ref_runs) and ref_runs['j_per_token'].notna().any() else None
                 loss, change = [], []

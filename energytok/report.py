@@ -22,6 +22,7 @@ from .stats_anova import anova, welch_anova, check_assumptions
 from .stats_compare import pairwise, compare_two, mixed_model, paired_t, signed_rank, PAIRWISE_METHODS
 from .stats_power import power_analysis, tost, verdict, VERDICTS
 from .card import energy_label, energy_card, sweep_factors
+from .quality import quality_report, config_label, load_outputs
 from .metrics import energy_provenance
 
 # %% ../nbs/35_report.ipynb #d43ed45e
@@ -171,6 +172,7 @@ class ComparisonReport:
     not_analysed: dict = field(default_factory=dict) # configuration -> why it was not analysed
     not_computed: dict = field(default_factory=dict) # report stage -> why it could not be computed
     method_reason: str = None # why the pairwise method was chosen
+    quality: object = None # `energytok.quality.QualityReport`: output divergence, energy per correct answer, J per request
 
     @property
     def estimated(self) -> bool: return bool(self.energy_tag and self.energy_tag.startswith('ESTIMATE'))
@@ -299,6 +301,8 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
                  pair:str=None, # column pairing runs across configurations (prompt, seed): paired tests, and a block
                  random:str=None, # column whose levels get a random intercept; default `hostname` when it varies; '' for none
                  max_boot_n:int=1000, # above this many runs a configuration's IQM interval is Tukey-McLaughlin's
+                 outputs:pd.DataFrame=None, # every generated sequence (`energytok.quality.load_outputs`): output divergence from the reference
+                 reference:dict=None, # the reference configuration's levels (default fp32 at batch 1 where those vary)
                 ) -> ComparisonReport:
     "The full comparison report of `metric` across the configurations of `by`."
     from energytok import figures as F
@@ -360,6 +364,7 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
                              "nothing here measures how it carries over to others")
                 if random: rep.not_computed['mixed model'] = f"every analysed run has the same {group} ({hosts.iloc[0]!r})"
             lap('mixed model')
+    rep.quality = _attempt(rep, 'outputs and answers', quality_report, runs, t.by, outputs, reference, ci); lap('quality')
     if figures:
         checks = rep.assumptions
         draws = [('box_strip', lambda: F.box_strip(t, label, max_points, seed))]
@@ -377,6 +382,9 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
         elif throughput != t.metric: notes.append(f"no Pareto figure: the table has no {throughput!r} column")
         if 'concurrency' in runs and runs['concurrency'].notna().any():  # served runs (`energytok bench-serve`)
             draws.append(('load_curve', lambda: F.load_curve(runs, hardware=hardware, active_params=active_params)))
+        q = rep.quality
+        if q is not None and q.curve is not None and len(q.curve):
+            draws.append(('agreement', lambda: F.agreement_plot(q.curve, q.by, _reference_text(q), q.divergence)))
         for name, draw in draws:
             p = _attempt(rep, f'figure {name}', draw)
             if p is not None and _attempt(rep, f'figure {name}', p.png) is not None: rep.plots.append(p)
@@ -385,7 +393,7 @@ def compare_runs(runs:pd.DataFrame, # one row per independent run
     if cards:
         for c in t.configs:
             card = _attempt(rep, f'card {c}', energy_card, runs.iloc[t.rows(c)], by=t.by, config=c, hardware=hardware,
-                            active_params=active_params, ci=ci)
+                            active_params=active_params, ci=ci, quality=rep.quality)
             if card is not None: rep.cards.append(card)
         lap('cards')
     rep.timings = timings
@@ -448,6 +456,7 @@ def _summary(rep) -> list:
         else: s += "; no equivalence margin was given, so a pair that does not differ is not shown to be equal"
         out.append(s)
     if rep.power is not None: out.append(rep.power.sentence())
+    out += _quality_summary(rep)
     if rep.mixed is not None: out.append(rep.mixed.sentence())
     a = rep.assumptions
     if a is not None and (not a.normal or not a.equal_variance or a.independent is False):
@@ -547,7 +556,7 @@ def to_markdown(self:ComparisonReport, figure_dir:str='figures') -> str:
                + (f" The estimate is {md_escape(what)}." if what else ''), ""]
     md += ["## Provenance", "", markdown_table(_header_table(self.header)), ""]
     md += ["## Summary", "", *[f"- {s}" for s in _summary(self)], ""]
-    md += _stat_sections(self)
+    md += _stat_sections(self) + _quality_sections(self)
     if self.plots and figure_dir is not None:
         md += ["## Figures", ""]
         for p in self.plots: md += [f"![{md_escape(p.caption)}]({figure_dir}/{p.name}.png)", ""]
@@ -565,6 +574,67 @@ def _repr_html_(self:ComparisonReport) -> str:
     "The report in a notebook, figures included: the page's body, without its style sheet (which would restyle the notebook)."
     page = markdown_html(self.to_markdown('figures'), {f'figures/{p.name}.png': p.data_uri() for p in self.plots}, self.title)
     return '<div class="energytok-report">' + page[page.index('<body>') + 6:page.index('</body>')] + '</div>'
+
+# %% ../nbs/35_report.ipynb #afd2c85f
+def _reference_text(q) -> str:
+    "The reference configuration as a report names it (`QualityReport.reference_label`)."
+    return q.reference_label or 'the reference'
+
+def _quality_summary(rep) -> list:
+    "Summary lines of the outputs-and-answers sections."
+    q, out = rep.quality, []
+    if q is None: return out
+    est = ' (ESTIMATED energy)' if rep.estimated else ''
+    if q.cost is not None and 'frontier' in q.cost and q.cost['frontier'].any():
+        b = q.cost[q.cost['frontier']].iloc[0]
+        out.append(f"Lowest energy per correct answer{est}: **{md_escape(config_label(q.by, tuple(b[q.by])))}**, {b['j_per_correct']:.4g} J "
+                   f"({rep.ci:.0%} CI {b['j_per_correct_low']:.4g} to {b['j_per_correct_high']:.4g}), success rate {b['success_rate']:.0%} "
+                   f"of {int(b['attempts'])} attempts")
+    if q.sentences:
+        out.append(f"Outputs against {md_escape(_reference_text(q))}: " + ('; '.join(md_escape(s) for s in q.sentences) if len(q.sentences) <= 4
+                   else f"{len(q.sentences)} configurations compared, see Output divergence"))
+    if q.reversals is not None and len(q.reversals):
+        out.append(f"{len(q.reversals)} pair(s) of configurations rank one way by J/token and the other by J/request (see Energy per request)")
+    return out
+
+def _quality_sections(self) -> list:
+    "The outputs-and-answers sections: divergence from the reference, batch invariance, energy per correct answer, J per request."
+    q = self.quality
+    if q is None: return []
+    md, ref = [], md_escape(_reference_text(q))
+    if q.divergence is not None:
+        md += [f"## Output divergence from the reference ({ref})", "",
+               f"Each configuration's greedy outputs against {ref}'s output of the same prompt, within its other factors: prompts "
+               f"compared, the share identical over the whole generated length with its {self.ci:.0%} Wilson interval, the median "
+               "generated position of the first token unlike the reference (over the outputs that diverged), the mean share of "
+               "positions with the reference's token, the held-out loss difference from the reference (nats) and the change in "
+               "J/token against it.", "", markdown_table(q.divergence), "", *[f"- {md_escape(s)}" for s in q.sentences], ""]
+    if q.invariance is not None:
+        md += ["## Batch invariance", "",
+               "Each batch size's outputs against those of the smallest batch size with the same other factors: when the "
+               "arithmetic of a kernel depends on the batch, the same prompt gives different tokens at a larger batch.", "",
+               markdown_table(q.invariance), ""]
+    if q.cost is not None and len(q.cost):
+        cols = [c for c in [*q.by, 'n_runs', 'attempts', 'correct', 'success_rate', 'success_low', 'success_high', 'j_per_attempt',
+                            'j_per_correct', 'j_per_correct_low', 'j_per_correct_high', 'frontier', 'pareto'] if c in q.cost]
+        md += ["## Energy per correct answer", "",
+               f"The expected energy of one correct answer is the energy of an attempt over the success rate. Success rates carry "
+               f"{self.ci:.0%} Wilson intervals; J per correct answer a delta-method interval on the log scale (the spread of J "
+               "per attempt across runs and the binomial error of the rate). `frontier` marks the configuration with the lowest "
+               "J per correct answer; `pareto` those no other beats on both success rate and J per attempt."
+               + (f" Energy {md_escape(self.energy_tag)}." if self.energy_tag else ''), "", markdown_table(q.cost[cols]), ""]
+    if q.requests is not None and len(q.requests):
+        md += ["## Energy per request and per token", "",
+               "A configuration cheaper per token can cost more per request when it produces more tokens. J/request is a served "
+               "level's as recorded, an in-process run's energy per sequence it generated; tokens/request the output tokens per "
+               "sequence.", "", markdown_table(q.requests), ""]
+        if q.reversals is not None and len(q.reversals):
+            md += ["Pairs whose order by J/token and by J/request differ, with the ratios that explain it (the configuration cheaper "
+                   "per token over the other):", "", markdown_table(q.reversals), ""]
+        elif len(q.requests) > 1: md += ["No pair of configurations ranks differently by J/request than by J/token.", ""]
+    if q.not_computed:
+        md += ["Not computed among outputs and answers: " + '; '.join(f"{md_escape(k)} ({md_escape(v)})" for k, v in q.not_computed.items()) + ".", ""]
+    return md
 
 # %% ../nbs/35_report.ipynb #fe055ae8
 @patch
@@ -603,6 +673,7 @@ def to_dict(self:ComparisonReport) -> dict:
                 pairwise=part(self.pairwise), pairwise_method=self.method_reason, paired=rec(self.paired), margin=self.margin,
                 equivalence=rec(self.equivalence), power=part(self.power), cards=[c.to_dict() for c in self.cards],
                 figures=[dict(name=p.name, caption=p.caption, file=f'figures/{p.name}.png', **plain(p.meta)) for p in self.plots],
+                quality=self.quality.to_dict() if self.quality is not None else None,
                 notes=self.notes, timings_s=plain(self.timings))
 
 # %% ../nbs/35_report.ipynb #0a86c7ff
@@ -668,6 +739,19 @@ def _report_folder(results, out) -> Path:
     p = Path(results)
     return (p if p.is_dir() else p.parent) / 'report'
 
+def _reference_levels(text):
+    "--reference as levels ({} for the default), or None for 'none' (no divergence)."
+    if text is None: return None
+    from energytok.workload import _parse_reference
+    ref = _parse_reference(text)
+    return False if ref is False else ref
+
+def _read_outputs(results):
+    "Every generated sequence recorded beside the run records of `results` (outputs.jsonl), or None when none was."
+    p = Path(results)
+    folder = p if p.is_dir() else p.parent
+    return load_outputs(folder) if any(folder.rglob('outputs.jsonl')) else None
+
 def _check_not_other(folder:Path, source:str, force:bool):
     "Refuse to replace, unasked, a report that `folder` holds of other results."
     f = folder/'report.json'
@@ -699,6 +783,7 @@ def report_cli(results:str, # a runs.jsonl file, or a folder searched recursivel
                peak_flops:float=None, # dense peak FLOP/s (in the runs' dtype) of a device with no datasheet here, for the binding constraint
                power_limit_w:float=None, # that device's power limit (or a CPU's TDP), W
                force:bool=False, # replace a report of other results in the output folder
+               reference:str=None, # the reference of output divergence, e.g. 'dtype=fp32,batch_size=1' (default: fp32 at batch 1 where those vary)
               ) -> int:
     "Write the energy-to-token report (markdown, HTML, JSON) for a results file or folder, one report per sweep."
     import json as _json
@@ -708,6 +793,9 @@ def report_cli(results:str, # a runs.jsonl file, or a folder searched recursivel
     folder = _report_folder(results, out)
     runs = read_table(results)
     if peak_flops is not None: hardware = _custom_device(runs, hardware, peak_flops, power_limit_w)
+    ref = _reference_levels(reference)
+    outputs = None if ref is False else _read_outputs(results)  # --reference none: no divergence
+    ref = ref or None
     if len(runs) == 0: raise ValueError(f"results: no completed runs in {results!r}")
     check_choice('typ', typ, (2, 3))
     sweeps = _sweeps(runs)
@@ -722,7 +810,9 @@ def report_cli(results:str, # a runs.jsonl file, or a folder searched recursivel
             part = part.assign(configuration='all runs'); factors = ['configuration']
         rep = compare_runs(part, metric, factors, scale, method, alpha, margin=margin, target=target, figures=not no_figures,
                            source=str(results) + (f" (sweep {sweep})" if sweep else ''), hardware=hardware,
-                           active_params=active_params, typ=typ, block=block, pair=pair, random=random,
+                           active_params=active_params, typ=typ, block=block, pair=pair, random=random, reference=ref,
+                           outputs=None if outputs is None else outputs[outputs['sweep_id'].astype(str).isin(set(part['sweep_id'].astype(str)))]
+                                   if 'sweep_id' in part else outputs,
                            title=f"{metric} by {', '.join(factors)}" + (f", sweep {sweep}" if sweep else ''))
         if pool and len(sweeps) > 1: rep.notes.append(f"{len(sweeps)} sweeps analysed together (--pool): {sweeps}")
         dest = folder / _folder_name(sweep, i) if sweep else folder
