@@ -476,10 +476,10 @@ def agreement_plot(curve:pd.DataFrame, # `energytok.quality.agreement_curve`: fa
     fig, ax = _figure(7.5, 4.2)
     for (key, g), col, i in zip(groups, palette(len(groups)), range(len(groups))):
         lab = config_label(by, key if isinstance(key, tuple) else (key,))
-        ax.step(g['position'].to_numpy() + 1, g['identical_through'].to_numpy(), where='post', color=col,
+        ax.step(g['position'].to_numpy(), g['identical_through'].to_numpy(), where='post', color=col,
                 ls=LINESTYLES[i % len(LINESTYLES)], lw=1.8, label=fig_text(lab + (f' ({n[lab]} prompts)' if lab in n else ''), 60, 1))
-    ax.set_ylim(-0.03, 1.03); ax.set_xlim(left=0.5)
-    ax.set_xlabel('generated position k (tokens)'); ax.set_ylabel('share of outputs identical through k')
+    ax.set_ylim(-0.03, 1.03); ax.set_xlim(left=-0.5)
+    ax.set_xlabel('generated position k (from 0, as first divergence counts)'); ax.set_ylabel('share of outputs identical through k')
     ax.legend(fontsize=7, ncol=1 if len(groups) <= 8 else 2, loc='lower left')
     end = {config_label(by, k if isinstance(k, tuple) else (k,)): float(g['identical_through'].iloc[-1]) for k, g in groups}
     cap = (f"Share of each configuration's greedy outputs identical to {reference}'s output of the same prompt through generated "

@@ -12,6 +12,7 @@ from energytok.model import generate, load_builtin, ByteTokenizer
 from energytok.meter import Meter
 from energytok.sensors import ReplaySensor, Trace
 from energytok.store import load_runs, QualityTarget, ServiceTarget
+from energytok.quality import load_outputs
 
 torch.set_num_threads(1)
 NL = ByteTokenizer().stop_token_id
@@ -189,9 +190,15 @@ def test_warmup_runs_are_not_recorded(tmp_path):
     def counting(prompts, k):
         n.append(1)
         for i in range(k): yield [1] * len(prompts)
-    sw = Sweep({'batch_size': [1, 2]}, repetitions=1, warmup=2, base=dict(model='c', new_tokens=4), name='w')
-    r = run_sweep(sw, tmp_path, backends={'c': CallableBackend(counting, name='c')}, meter=replay_meter(), progress=False)
+    sw = Sweep({'batch_size': [1, 2]}, repetitions=1, warmup=2, base=dict(model='c', new_tokens=4), name='w', reference=False)
+    r = run_sweep(sw, tmp_path/'a', backends={'c': CallableBackend(counting, name='c')}, meter=replay_meter(), progress=False)
     assert len(n) == 2 * 2 + 2 and len(r.runs()) == 2
+    # with reference outputs (the default), each distinct prompt is generated once more at batch 1, unmetered and unrecorded
+    n.clear()
+    sw = Sweep({'batch_size': [1, 2]}, repetitions=1, warmup=2, base=dict(model='c', new_tokens=4), name='w')
+    r = run_sweep(sw, tmp_path/'b', backends={'c': CallableBackend(counting, name='c')}, meter=replay_meter(), progress=False)
+    refs = load_outputs(r.path.parent).query('reference')
+    assert len(refs) == refs.prompt_id.nunique() == 2 and len(n) == 2 * 2 + 2 + len(refs) and len(r.runs()) == 2
 
 
 def test_text_prompts_and_helpers():
@@ -255,5 +262,5 @@ def test_stream_longer_than_the_budget_is_not_asked_for_more():
 def test_prompts_of_the_wrong_length_are_refused():
     be = CallableBackend(lambda p, n: [[1] * n for _ in p], name='c', prompt_fn=lambda b, l: [[0] * (l + 1) for _ in range(b)])
     with replay_meter() as m:
-        with pytest.raises(ValueError, match='prompts: expected 2 prompts of 8 tokens'):
+        with pytest.raises(ValueError, match=r'prompts: expected 2 prompts of one length of 1 to 8 tokens \(prompt_tokens\), got lengths \[9, 9\]'):
             measure_generation(be, RunConfig(model='c', batch_size=2, prompt_tokens=8), m)
