@@ -290,30 +290,31 @@ class RequestResult:
 
 # %% ../nbs/25_serve_client.ipynb #1f2b2e93
 async def _read_stream(r, res:RequestResult, ep:Endpoint, on_first=None):
-    "Read a streaming response into `res`: chunk times, text, usage, finish reason; set `res.error` if it ends badly."
+    "Read a streaming response into `res`: chunk times, text, usage, finish reason; set `res.error` if it ends badly (the text received is kept)."
     parts, done = [], False
-    async for line in r.aiter_lines():
-        if not line.startswith('data:'): continue
-        data = line[5:].strip()
-        if data == '[DONE]': done = True; break
-        try: obj = json.loads(data)
-        except json.JSONDecodeError:
-            res.error = f"POST {ep.request_url}: unreadable stream chunk {_snippet(data, 120)!r}"; return
-        if not isinstance(obj, dict): continue
-        if obj.get('error'):
-            res.error = f"POST {ep.request_url}: the server reported an error in the stream: {_snippet(obj['error'])}"; return
-        if obj.get('usage'): res.usage = obj['usage']
-        for ch in obj.get('choices') or []:
-            if ep.api == 'chat':
-                d = ch.get('delta') or {}
-                piece = (d.get('reasoning_content') or '') + (d.get('content') or '')
-            else: piece = ch.get('text') or ''
-            if piece:
-                t = now_s()
-                if not res.chunk_s and on_first is not None: on_first(res)
-                res.chunk_s.append(t); res.chunk_chars.append(len(piece)); parts.append(piece)
-            if ch.get('finish_reason'): res.finish_reason, done = ch['finish_reason'], True
-    res.text = ''.join(parts)
+    try:
+        async for line in r.aiter_lines():
+            if not line.startswith('data:'): continue
+            data = line[5:].strip()
+            if data == '[DONE]': done = True; break
+            try: obj = json.loads(data)
+            except json.JSONDecodeError:
+                res.error = f"POST {ep.request_url}: unreadable stream chunk {_snippet(data, 120)!r}"; return
+            if not isinstance(obj, dict): continue
+            if obj.get('error'):
+                res.error = f"POST {ep.request_url}: the server reported an error in the stream: {_snippet(obj['error'])}"; return
+            if obj.get('usage'): res.usage = obj['usage']
+            for ch in obj.get('choices') or []:
+                if ep.api == 'chat':
+                    d = ch.get('delta') or {}
+                    piece = (d.get('reasoning_content') or '') + (d.get('content') or '')
+                else: piece = ch.get('text') or ''
+                if piece:
+                    t = now_s()
+                    if not res.chunk_s and on_first is not None: on_first(res)
+                    res.chunk_s.append(t); res.chunk_chars.append(len(piece)); parts.append(piece)
+                if ch.get('finish_reason'): res.finish_reason, done = ch['finish_reason'], True
+    finally: res.text = ''.join(parts)  # however the stream ends (a broken connection raises here): the text that came
     if not done:
         res.error = (f"POST {ep.request_url}: the stream ended after {len(res.chunk_s)} text chunk(s) without a finish_reason "
                      "or [DONE] (cut mid-response)")
@@ -413,15 +414,18 @@ def load_tokenizer(folder # a local Hugging Face model or tokenizer folder
 
 # %% ../nbs/25_serve_client.ipynb #89f06cc9
 def fake_openai_app(model:str='fake-model', # the one model it lists and accepts
-                    output_tokens:int=8, # chunks streamed per request, one word each
+                    output_tokens:int=8, # chunks streamed per request, one word each (without `reply`)
                     fail_every:int=0, # answer HTTP 500 to every n-th request (0: never)
                     cut_every:int=0, # break every n-th stream after half its chunks (0: never)
                     usage:bool=True, # end each stream with a usage block
                     token_delay_s:float=0.0, # pause between chunks, s
                     api_key:str=None, # when set, refuse requests without this bearer token (HTTP 401)
+                    reply=None, # what it answers: None (' w0 w1 ...'), a string, or a callable from the prompt text (chat: the messages' contents) to a string
                    ):
-    "A small OpenAI-compatible ASGI app (Starlette) that streams fixed output and fails on request."
-    import itertools
+    "A small OpenAI-compatible ASGI app (Starlette) that streams fixed output, or the `reply` to each prompt, and fails on request."
+    import itertools, re
+    if reply is not None and not isinstance(reply, str) and not callable(reply):
+        raise TypeError(f"reply: expected None, a string or a callable from the prompt text to a string, got {type(reply).__name__}")
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
@@ -440,10 +444,12 @@ def fake_openai_app(model:str='fake-model', # the one model it lists and accepts
         if body.get('model') != model: return JSONResponse({'error': f"model {body.get('model')!r} is not served"}, status_code=404)
         if fail_every and n % fail_every == 0: return JSONResponse({'error': f'request {n}: deliberate failure'}, status_code=500)
         chat = request.url.path.endswith('/chat/completions')
-        k = min(output_tokens, int(body.get('max_tokens') or output_tokens))
-        prompt = ' '.join(m['content'] for m in body['messages']) if chat else body['prompt']
+        prompt = ' '.join(str(m['content']) for m in body['messages']) if chat else body['prompt']
+        answer = reply(prompt) if callable(reply) else reply
+        pieces = [f' w{i}' for i in range(output_tokens)] if answer is None else re.findall(r'\s*\S+', str(answer))  # a word a chunk
+        k = min(len(pieces), int(body.get('max_tokens') or len(pieces)))
         def chunk(i):
-            piece = f' w{i}'
+            piece = pieces[i]
             choice = {'index': 0, 'delta': {'content': piece}} if chat else {'index': 0, 'text': piece}
             return 'data: ' + json.dumps({'id': str(n), 'object': 'chunk', 'model': model, 'choices': [choice]}) + '\n\n'
         async def events():
@@ -451,7 +457,7 @@ def fake_openai_app(model:str='fake-model', # the one model it lists and accepts
                 if cut_every and n % cut_every == 0 and i == k // 2: raise ConnectionAbortedError('deliberate cut')
                 if token_delay_s: await asyncio.sleep(token_delay_s)
                 yield chunk(i)
-            last = {'id': str(n), 'choices': [{'index': 0, 'finish_reason': 'length', **({'delta': {}} if chat else {'text': ''})}]}
+            last = {'id': str(n), 'choices': [{'index': 0, 'finish_reason': 'length' if answer is None or k < len(pieces) else 'stop', **({'delta': {}} if chat else {'text': ''})}]}
             if usage: last['usage'] = {'prompt_tokens': len(prompt.split()), 'completion_tokens': k, 'total_tokens': len(prompt.split()) + k}
             yield 'data: ' + json.dumps(last) + '\n\n'
             yield 'data: [DONE]\n\n'

@@ -6,8 +6,8 @@ Docs: https://energytok.github.io/energytok/serving.html.md"""
 
 # %% auto #0
 __all__ = ['LoadLevel', 'load_levels', 'SteadyState', 'LevelRun', 'run_level', 'level_figures', 'PlannedLevel', 'ServeBench',
-           'request_record', 'load_requests', 'BenchResult', 'bench_serve', 'level_table', 'job_meter',
-           'bench_serve_cli']
+           'task_prompt', 'bench_prompts', 'score_requests', 'task_fields', 'request_record', 'served_outputs',
+           'load_requests', 'BenchResult', 'bench_serve', 'level_table', 'job_meter', 'bench_serve_cli']
 
 # %% ../nbs/26_serving.ipynb #97af65b3
 import sys, json, math, time, random, asyncio, hashlib, os
@@ -18,7 +18,7 @@ from .checks import check_positive, check_range, check_choice
 from .store import (RunStore, make_record, run_key, utc_now, write_json_atomic, append_lines, load_runs, read_records,
                              ServiceTarget, _canonical)
 from .serve_client import (Endpoint, Prompt, load_prompts, sample_prompts, dataset_digest, resolve_model, stream_request,
-                                    count_tokens, chunk_tokens, load_tokenizer, run_async, request_body)
+                                    count_tokens, chunk_tokens, load_tokenizer, run_async, request_body, _messages)
 
 # %% ../nbs/26_serving.ipynb #d5530613
 @dataclass(frozen=True)
@@ -266,6 +266,9 @@ class ServeBench:
     idle_s:float=0.0 # idle baseline measured before the sweep, s (0: none)
     cooldown_s:float=0.0 # rest between levels, s
     name:str='serve' # first part of the sweep id
+    task:object=None # a task with checkable answers: 'builtin', a JSONL path or an `energytok.quality.Task` (`resolve_task`); its prompts are sent, each answer scored
+    checker:object=None # how the task's answers are checked: a name in `energytok.quality.CHECKERS` or a callable (None: the task's own)
+    outputs:bool=True # write each request's generated text to outputs.jsonl beside requests.jsonl
 
     def __post_init__(self):
         if not isinstance(self.endpoint, Endpoint): raise TypeError(f"endpoint: expected an Endpoint, got {type(self.endpoint).__name__}")
@@ -282,6 +285,14 @@ class ServeBench:
         if self.dtype is not None:
             from energytok.production import DTYPES
             check_choice('dtype', self.dtype, DTYPES)
+        if self.task is not None:
+            from energytok.quality import resolve_task
+            if self.dataset is not None: raise ValueError(f"dataset, task: a sweep sends a dataset's prompts or a task's, not both; got dataset {self.dataset!r} and a task")
+            self.task = resolve_task(self.task, self.checker)
+            if self.num_prompts > len(self.task):
+                raise ValueError(f"num_prompts: expected at most {len(self.task)} (the prompts of task {self.task.name!r}; a prompt sent twice in a "
+                                 f"level could be answered from the server's prefix cache), got {self.num_prompts}")
+        elif self.checker is not None: raise ValueError("checker: names how a task's answers are checked; give the task too ('builtin' or a JSONL file)")
         worst = max((l.concurrency for l in self.levels if l.closed), default=0)
         if self.num_prompts < 2 * worst:
             raise ValueError(f"num_prompts: expected at least 2 x the highest concurrency = {2 * worst} requests per level "
@@ -289,8 +300,11 @@ class ServeBench:
 
     def levers(self) -> dict:
         "What a level's record keeps under `levers`: everything but the load that shapes the work."
-        return dict(api=self.endpoint.api, server_url=self.endpoint.public, dataset=Path(self.dataset).name if self.dataset else 'kjv-prompts',
-                    dataset_digest=dataset_digest(self.dataset), num_prompts=self.num_prompts, temperature=0,
+        if self.task is not None:
+            from energytok.quality import task_identity
+            data = dict(dataset=f'task:{self.task.name}', dataset_digest=task_identity(self.task)['digest'])
+        else: data = dict(dataset=Path(self.dataset).name if self.dataset else 'kjv-prompts', dataset_digest=dataset_digest(self.dataset))
+        return dict(api=self.endpoint.api, server_url=self.endpoint.public, **data, num_prompts=self.num_prompts, temperature=0,
                     ignore_eos=self.ignore_eos, stream_usage=self.stream_usage)
 
     def config(self, level:LoadLevel) -> dict:
@@ -300,8 +314,10 @@ class ServeBench:
 
     def spec(self) -> dict:
         "Everything that defines the records."
+        from energytok.quality import task_identity
         return dict(configs=[self.config(l) for l in self.levels], repetitions=self.repetitions, seed=self.seed, pue=self.pue,
-                    s_star=asdict(self.s_star) if self.s_star else None)
+                    s_star=asdict(self.s_star) if self.s_star else None,
+                    **({'task': task_identity(self.task)} if self.task is not None else {}))  # the prompts answered and how they are checked
 
     @property
     def sweep_id(self) -> str:
@@ -318,17 +334,73 @@ class ServeBench:
                 out.append(PlannedLevel(len(out), rep, self.levels[i], run_key(sid, self.config(self.levels[i]), rep)))
         return out
 
+# %% ../nbs/26_serving.ipynb #74d07a97
+def task_prompt(task, # an `energytok.quality.Task`
+                i:int, # the prompt's index in the task
+               ) -> Prompt:
+    "Prompt `i` of `task` as a request's input: a text prompt as it is (one user message for the chat API), chat messages as messages."
+    p, pid = task.prompts[i], f'{task.name}:{i}'
+    return Prompt(pid, text=p) if isinstance(p, str) else Prompt(pid, messages=_messages(p, f'task {task.name!r} prompt {i}'))
+
+def bench_prompts(bench:ServeBench, # the design
+                  repetition:int=0, # the round (a task's prompts move on with it)
+                 ) -> tuple:
+    "(the prompts every level of round `repetition` sends, in order; their indices in the task, None without a task)."
+    if bench.task is None: return sample_prompts(load_prompts(bench.dataset), bench.num_prompts, bench.seed), None
+    from energytok.quality import task_indices
+    idx = task_indices(len(bench.task), repetition, bench.num_prompts)
+    return [task_prompt(bench.task, i) for i in idx], idx
+
+def score_requests(task, # the `energytok.quality.Task` answered
+                   results:list, # a level's `RequestResult`s
+                   indices:list, # the task index of each request's prompt, by request index
+                  ) -> list:
+    "Whether each request answered correctly: a finished request's text checked against its answer; a failed one is a wrong attempt."
+    from energytok.quality import get_checker
+    check = get_checker(task.checker)
+    return [bool(r.ok and check(r.text, task.answers[indices[r.index]])) for r in results]
+
+def task_fields(task, # the `energytok.quality.Task` answered
+                correct:list, # `score_requests` of the level: one per request sent
+                energy_j:float|None, # the energy every request of the level took (the whole level's), J; None when missing
+               ) -> dict:
+    "A level's `TASK_COLUMNS`: the task, its checker, the attempts (every request sent), the correct answers and the attempts' energy."
+    from energytok.quality import checker_name
+    return dict(task=task.name, checker=checker_name(task.checker), n_attempts=len(correct), n_correct=int(sum(correct)),
+                attempt_energy_j=None if energy_j is None else float(energy_j))
+
 # %% ../nbs/26_serving.ipynb #1f47ff51
 def request_record(res, # a counted `RequestResult`
                    run_id:str, # its level's run id
                    timestamp:str, # its level's record timestamp
                    t0_s:float, # its level's start, `now_s()`
+                   prompt_index:int=None, # the prompt's index in the task (None: no task)
+                   correct:bool=None, # whether its answer is correct (`score_requests`; None: no task)
                   ) -> dict:
     "One line of `requests.jsonl`."
-    return dict(run_id=run_id, timestamp=timestamp, index=res.index, prompt_id=res.prompt_id, ok=res.ok, error=res.error,
+    return dict(run_id=run_id, timestamp=timestamp, index=res.index, prompt_id=res.prompt_id, prompt_index=prompt_index, correct=correct,
+                ok=res.ok, error=res.error,
                 http_status=res.http_status, sent_s=res.sent_s - t0_s, ttft_s=res.ttft_s, e2e_s=res.e2e_s, tpot_s=res.tpot_s,
                 itl_s=res.itl_s, chunk_tokens=chunk_tokens(res), prompt_tokens=res.prompt_tokens, output_tokens=res.output_tokens,
                 token_source=res.token_source, finish_reason=res.finish_reason)
+
+def served_outputs(bench:ServeBench, # the design (its task, if any)
+                   run:LevelRun, # a finished level
+                   run_id:str, # its run id
+                   timestamp:str, # its record's timestamp
+                   indices:list=None, # the task index each request answers (None: no task)
+                   correct:list=None, # `score_requests` of the level (None: no task)
+                  ) -> list:
+    "The `outputs.jsonl` lines of one level, in `energytok.quality.OUTPUT_COLUMNS` (then the load and the request): each request's text, tokens None (a server sends text)."
+    from energytok.quality import OUTPUT_COLUMNS
+    cfg, rows, sid = bench.config(run.level), [], bench.sweep_id
+    for r in run.results:
+        i = r.index if indices is None else indices[r.index]
+        row = {**cfg, 'sweep_id': sid, 'run_id': run_id, 'timestamp': timestamp, 'reference': False, 'prompt_index': i,
+               'prompt_id': r.prompt_id, 'tokens': None, 'text': r.text, 'answer': None if indices is None else bench.task.answers[i],
+               'correct': None if correct is None else correct[r.index]}
+        rows.append({**{k: row.get(k) for k in OUTPUT_COLUMNS}, **run.level.key(), 'index': r.index, 'ok': r.ok})
+    return rows
 
 def load_requests(path # a sweep folder (with runs.jsonl and requests.jsonl), or a folder holding several
                  ):
@@ -363,6 +435,10 @@ class BenchResult:
     def requests(self):
         "The sweep's requests as a DataFrame."
         return load_requests(self.path.parent)
+    def outputs(self):
+        "The sweep's outputs (each request's text, answer and whether it is correct) as a DataFrame (`energytok.quality.load_outputs`)."
+        from energytok.quality import load_outputs
+        return load_outputs(self.path.parent)
     def __repr__(self):
         return (f'BenchResult({self.sweep_id!r}: {self.measured} levels measured, {self.skipped} already done, of {self.planned}; '
                 f'{self.failed_requests} of {self.sent_requests} requests failed; {self.path})')
@@ -390,14 +466,14 @@ def bench_serve(bench:ServeBench, # the design
                 gpus=None, # GPUs to meter when `meter` is None: ordinals or UUIDs, 'all' (None: every local GPU)
                 progress:bool=True, # show a progress bar
                ) -> BenchResult:
-    "Measure every level of `bench` not yet on disk: requests to requests.jsonl, one run record per level to runs.jsonl."
+    "Measure every level of `bench` not yet on disk: requests to requests.jsonl, their text to outputs.jsonl, one run record per level to runs.jsonl."
     from tqdm import tqdm
     from energytok.workload import environment, temperature_c, meter_devices
     from energytok.sensors import choose_sensors
     ep = resolve_model(bench.endpoint, bench.connect_timeout_s)
     bench = replace(bench, endpoint=ep)
-    prompts = sample_prompts(load_prompts(bench.dataset), bench.num_prompts, bench.seed)
-    for p in prompts: request_body(ep, p, bench.max_tokens)
+    rounds = [bench_prompts(bench, r) for r in range(bench.repetitions)] if bench.task is not None else [bench_prompts(bench)] * bench.repetitions
+    for p in {p.id: p for ps, _ in rounds for p in ps}.values(): request_body(ep, p, bench.max_tokens)  # one the API cannot take: before any is sent
     planned = bench.plan()
     folder = Path(out)/bench.sweep_id
     man = folder/'serve.json'
@@ -421,31 +497,37 @@ def bench_serve(bench:ServeBench, # the design
         device = 'cuda:' + ','.join(gpus) if gpus else 'cpu'  # the metered GPUs, as the record's environment names them
         env = environment(device, meter.sensors)
         if bench.idle_s: meter.measure_idle(bench.idle_s)
-        if bench.warmup: run_async(_warmup(ep, prompts, bench))
+        if bench.warmup: run_async(_warmup(ep, rounds[0][0], bench))
         bar = tqdm(todo, desc=bench.sweep_id, unit='level', disable=not progress, file=sys.stderr)
         body_kw = dict(ignore_eos=bench.ignore_eos, stream_usage=bench.stream_usage)
         for i, planned_level in enumerate(bar):
             if bench.cooldown_s and i: time.sleep(bench.cooldown_s)
             t_before = temperature_c(meter.sensors, device)
+            prompts, indices = rounds[planned_level.repetition]
             run = run_async(run_level(ep, prompts, planned_level.level, meter, name=planned_level.run_id, max_tokens=bench.max_tokens,
                                       seed=bench.seed * 1_000_003 + planned_level.order_index, deadline_s=bench.deadline_s,
                                       connect_timeout_s=bench.connect_timeout_s, **body_kw))
             t_after = temperature_c(meter.sensors, device)
             for r in run.results: count_tokens(r, prompts[r.index], tokenizer, ep.api)
-            stamp = utc_now()
-            append_lines(folder/'requests.jsonl', [request_record(r, planned_level.run_id, stamp, run.t0_s) for r in run.results])
+            correct = score_requests(bench.task, run.results, indices) if bench.task is not None else None
+            stamp, rid = utc_now(), planned_level.run_id
+            if bench.outputs: append_lines(folder/'outputs.jsonl', served_outputs(bench, run, rid, stamp, indices, correct))
+            append_lines(folder/'requests.jsonl', [request_record(r, rid, stamp, run.t0_s, *((indices[r.index], correct[r.index]) if correct is not None else ()))
+                                                   for r in run.results])
             res.sent_requests += len(run.results); res.failed_requests += len(run.failed)
             figs = level_figures(run, bench.pue, bench.s_star)
+            task = task_fields(bench.task, correct, run.whole.energy_j) if bench.task is not None else {}  # every request's energy: the whole level's
             cfg = bench.config(planned_level.level)
             store.append(make_record(run_id=planned_level.run_id, sweep_id=bench.sweep_id, timestamp=stamp,
                                      repetition=planned_level.repetition, order_index=planned_level.order_index,
                                      **{k: v for k, v in cfg.items() if k not in figs}, **figs, **env, server_url=ep.public,
-                                     temp_before_c=t_before, temp_after_c=t_after, **devices,
+                                     temp_before_c=t_before, temp_after_c=t_after, **devices, **task,
                                      **({'world_size': meter.world_size, 'nodes': meter.node_info()} if hasattr(meter, 'node_info') else {})))
             res.measured += 1
             jpt = figs['j_per_token']
             bar.set_postfix_str(f"{planned_level.level}: {'n/a' if jpt is None else f'{jpt:.3g}'} J/token"
-                                f"{' (estimated)' if figs['estimated'] else ''}, {len(run.failed)} failed")
+                                f"{' (estimated)' if figs['estimated'] else ''}, {len(run.failed)} failed"
+                                f"{f', {sum(correct)} correct' if correct is not None else ''}")
     finally:
         if not was_running: meter.stop()
     return res
@@ -453,7 +535,7 @@ def bench_serve(bench:ServeBench, # the design
 # %% ../nbs/26_serving.ipynb #76ea77de
 def level_table(runs # a serving sweep's records
                ):
-    "Per load level: runs, J/token (mean, sd, PUE-adjusted), tokens/s, latencies, failures and the steady-state window."
+    "Per load level: runs, J/token (mean, sd, PUE-adjusted), tokens/s, latencies, failures, the steady-state window; a task's success rate, J per attempt and per correct answer."
     import pandas as pd
     g = runs.assign(level=[f'c={int(c)}' if pd.notna(c) else f'{r:g}/s' for c, r in zip(runs.concurrency, runs.request_rate)],
                     steady_s=runs.steady_end_s - runs.steady_start_s)
@@ -463,6 +545,14 @@ def level_table(runs # a serving sweep's records
         ttft_ms=('ttft_s', lambda s: 1e3 * s.mean()), tpot_ms=('tpot_s', lambda s: 1e3 * s.mean()),
         failed=('n_failed', 'sum'), requests=('n_requests', 'sum'), steady_s=('steady_s', 'mean'),
         steady_requests=('steady_requests', 'mean'), energy_provenance=('energy_provenance', lambda s: '+'.join(sorted(set(s)))))
+    if 'n_attempts' in g and g['n_attempts'].notna().any():  # a sweep answering a task
+        from energytok.quality import cost_of_pass
+        tasked = g[g['n_attempts'].notna()]
+        n = tasked.groupby('level', sort=False)[['n_attempts', 'n_correct']].sum()
+        cp = cost_of_pass(tasked, ['level'], energy='attempt_energy_j').set_index('level')  # runs without energy left out of J
+        t['attempts'], t['correct'] = n['n_attempts'], n['n_correct']
+        t['success_rate'] = t['correct'] / t['attempts']
+        for c in ('j_per_attempt', 'j_per_correct'): t[c] = cp[c] if c in cp else math.nan
     key = [(0, c) if pd.notna(c) else (1, r) for c, r in g.groupby('level', sort=False)[['concurrency', 'request_rate']].first().itertuples(index=False)]
     return t.iloc[sorted(range(len(t)), key=lambda i: key[i])].reset_index()
 
@@ -485,8 +575,11 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
                     endpoint:str=None, # 'completions' or 'chat' (default: chat for a dataset of chat messages, else completions)
                     concurrency:str=None, # closed-loop levels, requests kept in flight, comma-separated (default 1,8,64 without --request-rate)
                     request_rate:str=None, # open-loop levels, Poisson arrivals per second, comma-separated
-                    num_prompts:int=200, # requests per level (the same prompts at every level)
+                    num_prompts:int=None, # requests per level, the same prompts at every level (default 200, or every prompt of a smaller task)
                     dataset:str=None, # JSONL of prompts, chat messages or ShareGPT conversations (default: the shipped KJV prompts)
+                    task:str=None, # answer a task with checkable answers: 'builtin' (held-out verse completion) or a JSONL of {prompt or messages, answer}
+                    checker:str=None, # how answers are checked: exact, normalised or prefix (default: the task's own)
+                    no_outputs:bool=False, # do not write outputs.jsonl (each request's generated text)
                     max_tokens:int=128, # most output tokens per request
                     repetitions:int=3, # measured runs per level
                     seed:int=0, # seed of the prompt draw, level order and arrival times
@@ -513,14 +606,22 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
     "Measure an OpenAI-compatible server under load: one run record per load level, requests in requests.jsonl."
     import pandas as pd
     from energytok.workload import estimate_notice
+    from energytok.quality import CHECKERS, resolve_task
     if url is None: raise ValueError("url: required (--url http://HOST:PORT/v1)")
-    prompts = load_prompts(dataset)
-    api = endpoint or ('chat' if any(p.is_chat for p in prompts) else 'completions')
+    if checker is not None and checker not in CHECKERS: raise ValueError(f"--checker: expected one of {', '.join(CHECKERS)}, got {checker!r}")
+    if checker is not None and task is None: raise ValueError("--checker: names how a task's answers are checked; give the task too (--task builtin or a JSONL file)")
+    if task is not None and dataset is not None: raise ValueError("--dataset, --task: a sweep sends a dataset's prompts or a task's, not both")
+    if task is not None and task != 'builtin' and not Path(task).is_file():
+        raise FileNotFoundError(f"--task: {task!r} is not a file; expected 'builtin' or the path of a JSONL file of {{\"prompt\" or \"messages\", \"answer\"}} lines")
+    the_task = resolve_task(task, checker) if task is not None else None
+    chat = any(not isinstance(p, str) for p in the_task.prompts) if the_task is not None else any(p.is_chat for p in load_prompts(dataset))
+    api = endpoint or ('chat' if chat else 'completions')
+    if num_prompts is None: num_prompts = min(200, len(the_task)) if the_task is not None else 200
     levels = load_levels(concurrency if concurrency or request_rate else '1,8,64', request_rate)
     if new: name = f"{name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     bench = ServeBench(Endpoint(url, model, api, api_key_env), levels, repetitions, num_prompts, max_tokens, dataset, seed, warmup, pue,
                        ServiceTarget(max_ttft_s, max_tpot_s) if max_ttft_s is not None or max_tpot_s is not None else None, ignore_eos, not no_stream_usage,
-                       dtype, timeout_s, connect_timeout_s, idle_s, cooldown_s, name)
+                       dtype, timeout_s, connect_timeout_s, idle_s, cooldown_s, name, task=the_task, outputs=not no_outputs)
     tok = load_tokenizer(tokenizer) if tokenizer else None
     meter = job_meter(gpus, not no_local_meter)  # a server over several nodes: their meter agents join through torchrun
     t0 = time.perf_counter()
@@ -536,6 +637,7 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
     print(f"sweep {res.sweep_id}: {res.measured} levels measured, {res.skipped} already on disk, {res.planned} planned "
           f"({time.perf_counter() - t0:.1f} s); server {runs.server_url.iloc[0]}, model {runs.model.iloc[0]}")
     print(f"records: {res.path}\nrequests: {res.path.parent/'requests.jsonl'}")
+    if not no_outputs: print(f"outputs: {res.path.parent/'outputs.jsonl'}")
     if res.failed_requests: print(f"WARNING: {res.failed_requests} of {res.sent_requests} requests failed (see requests.jsonl)", file=sys.stderr)
     note = estimate_notice(runs)
     if note: print(note)
@@ -544,4 +646,8 @@ def bench_serve_cli(url:str=None, # base URL of the OpenAI-compatible server, e.
     print("J/token = energy / output tokens over the steady-state window (closed loop: from the C-th first token to the "
           "(N-C)-th completion; open loop: from the first completion to the last request sent); "
           f"j_per_token_pue x PUE {pue:g}; token counts from {'+'.join(sorted(set(runs.token_source.dropna())))}")
+    if the_task is not None:
+        print(f"success_rate: answers of task {the_task.name} ({len(the_task)} prompts) that checker {runs.checker.iloc[0]} accepts / attempts, every "
+              "request sent (a failed request is a wrong attempt); j_per_attempt: the whole level's energy / attempts; "
+              "j_per_correct: that energy / the correct answers (inf: none correct)")
     return 0

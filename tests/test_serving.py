@@ -1,4 +1,4 @@
-"`energytok bench-serve` end to end: against a real `transformers serve` on this machine, then `energytok report` on its records; against failing endpoints; records, requests and the steady-state window checked."
+"`energytok bench-serve` end to end: against a real `transformers serve` on this machine, then `energytok report` on its records; against failing endpoints; records, requests and the steady-state window checked; a task answered with known correct answers, energy per correct answer."
 import contextlib, io, json, math, os, time
 from pathlib import Path
 import numpy as np
@@ -10,7 +10,8 @@ from energytok.cli import main
 from energytok.store import load_runs, make_record, RUN_COLUMNS, SERVING_COLUMNS, SCHEMA_VERSION
 from energytok.serve_client import (ServerThread, TransformersServer, fake_openai_app, load_prompts, sample_prompts, load_tokenizer,
                                     prompt_token_count, chunk_tokens, Endpoint, public_url)
-from energytok.serving import load_requests, SteadyState, LoadLevel
+from energytok.serving import load_requests, SteadyState, LoadLevel, ServeBench, bench_serve, load_levels, level_table
+from energytok.quality import builtin_task, load_outputs
 
 N, MAX_TOKENS, LEVELS = 8, 8, (1, 2)
 
@@ -31,14 +32,18 @@ def token_times(req):
 
 @pytest.fixture(scope='module')
 def served(tiny_hf, tmp_path_factory):
-    "`energytok bench-serve` at two concurrencies against `transformers serve` with the tiny local model; its records and requests."
-    out = tmp_path_factory.mktemp('served')
+    "`energytok bench-serve` at two concurrencies against `transformers serve` with the tiny local model, then one level answering the built-in task; their records and requests."
+    out, task_out = tmp_path_factory.mktemp('served'), tmp_path_factory.mktemp('served-task')
     with TransformersServer(tiny_hf) as srv:
         rc, stdout, stderr = cli('bench-serve', '--url', srv.url, '--concurrency', ','.join(map(str, LEVELS)), '--num-prompts', N,
                                  '--max-tokens', MAX_TOKENS, '--repetitions', 2, '--warmup', 1, '--tokenizer', tiny_hf,
                                  '--out', out, '--quiet')
-    assert rc == 0, stderr
-    return dict(out=out, url=srv.url, stdout=stdout, runs=load_runs(out), requests=load_requests(out), model=str(tiny_hf))
+        assert rc == 0, stderr
+        rc, task_stdout, stderr = cli('bench-serve', '--url', srv.url, '--task', 'builtin', '--concurrency', 1, '--num-prompts', 4,
+                                      '--max-tokens', MAX_TOKENS, '--repetitions', 1, '--warmup', 0, '--out', task_out, '--quiet')
+        assert rc == 0, stderr
+    return dict(out=out, url=srv.url, stdout=stdout, runs=load_runs(out), requests=load_requests(out), model=str(tiny_hf),
+                task_out=task_out, task_stdout=task_stdout)
 
 
 def test_records_of_each_level(served):
@@ -231,3 +236,119 @@ def test_card_latency_interval_stays_positive():
     assert 0 < rows.loc['time to first token', 'ci_low'] < rows.loc['time to first token', 'value'] < rows.loc['time to first token', 'ci_high']
     from energytok.stats_describe import mean_ci
     assert mean_ci(runs.ttft_s)[1] < 0  # the linear t-interval of the same sample would go below 0
+
+
+# ---- a task with checkable answers ------------------------------------------------------------------------------------------
+def test_real_server_answers_the_builtin_task(served):
+    "`--task builtin` against `transformers serve`: every request an attempt, a whole number of correct answers, the text of each in outputs.jsonl."
+    runs, reqs, outs = load_runs(served['task_out']), load_requests(served['task_out']), load_outputs(served['task_out'])
+    assert len(runs) == 1 and set(runs.task) == {'heldout-verse-completion'} and set(runs.checker) == {'prefix'}
+    r = runs.iloc[0]
+    assert r.n_attempts == r.n_requests == 4 and float(r.n_correct).is_integer() and 0 <= r.n_correct <= r.n_attempts
+    assert r.attempt_energy_j is None or r.attempt_energy_j > 0
+    assert reqs.prompt_index.tolist() == [0, 1, 2, 3] and reqs.correct.sum() == r.n_correct
+    assert len(outs) == len(reqs) and outs.answer.tolist() == builtin_task().answers[:4]
+    assert 'success_rate' in served['task_stdout'] and 'j_per_correct' in served['task_stdout']
+
+
+def _half_right(task):
+    "A reply that answers the even prompts of `task` right (the answer, then more words) and the odd ones wrong."
+    right = {p: a for i, (p, a) in enumerate(zip(task.prompts, task.answers)) if i % 2 == 0}
+    return lambda prompt: f' {right[prompt]} and more' if prompt in right else ' Verily'
+
+
+def _watts(power_w=100.0):
+    "A meter over a replayed constant power, so a level's energy is power x its duration."
+    from energytok.meter import Meter
+    from energytok.sensors import ReplaySensor, Trace
+    return Meter([ReplaySensor(Trace.from_function(lambda t: power_w, 60.0))], period_s=0.01)
+
+
+def test_known_correct_answers_give_energy_per_correct_answer(tmp_path):
+    "Half the builtin task answered right: n_correct, success rate 0.5, J/correct = the whole level's energy / n_correct."
+    n = 16
+    with ServerThread(fake_openai_app(reply=_half_right(builtin_task()), token_delay_s=0.003)) as srv:
+        bench = ServeBench(Endpoint(srv.url), load_levels('1,2'), repetitions=1, num_prompts=n, max_tokens=8, warmup=0, task='builtin')
+        res = bench_serve(bench, tmp_path, meter=_watts(), progress=False)
+    runs, reqs = res.runs(), res.requests()
+    assert (runs.n_attempts == n).all() and (runs.n_correct == n // 2).all() and reqs.ok.all()
+    assert reqs.correct.tolist() == (reqs.prompt_index % 2 == 0).tolist()
+    for _, r in runs.iterrows():
+        last_done = (reqs.sent_s + reqs.e2e_s)[reqs.run_id == r.run_id].max()
+        assert 100 * last_done <= r.attempt_energy_j <= 100 * (last_done + 0.25)  # 100 W over the whole level
+        assert r.attempt_energy_j > r.energy_j  # more than the steady state's
+    t = level_table(runs).set_index('level')
+    assert t.success_rate.tolist() == [0.5, 0.5] and t.correct.tolist() == [n // 2] * 2
+    for c in (1, 2):
+        r = runs[runs.concurrency == c].iloc[0]
+        assert t.loc[f'c={c}', 'j_per_correct'] == pytest.approx(r.attempt_energy_j / r.n_correct, rel=1e-9)
+        assert t.loc[f'c={c}', 'j_per_attempt'] == pytest.approx(r.attempt_energy_j / n, rel=1e-9)
+    outs = res.outputs()
+    assert len(outs) == len(reqs) and outs.tokens.isna().all() and outs.correct.tolist() == reqs.correct.tolist()
+
+
+def test_failed_requests_are_wrong_attempts(tmp_path):
+    "HTTP 500s and cut streams count as attempts, never correct, though a cut stream's partial text (here the right word) is kept."
+    task, n = builtin_task(), 20
+    with ServerThread(fake_openai_app(reply=lambda p: f' {task.answers[task.prompts.index(p)]} and more', fail_every=5, cut_every=3)) as srv:
+        bench = ServeBench(Endpoint(srv.url), load_levels('1'), repetitions=1, num_prompts=n, max_tokens=8, warmup=0, task='builtin')
+        res = bench_serve(bench, tmp_path, meter=_watts(), progress=False)
+    r, reqs, outs = res.runs().iloc[0], res.requests(), res.outputs()
+    assert 0 < r.n_failed < n and r.n_attempts == n and r.n_correct == reqs.ok.sum() == n - r.n_failed
+    assert not reqs[~reqs.ok].correct.any()
+    cut = outs[outs.prompt_index.isin(reqs[reqs.error.fillna('').str.contains('RemoteProtocolError')].prompt_index)]  # one round: one request a prompt
+    assert len(cut) > 0 and (cut.text == ' ' + cut.answer).all() and not cut.correct.any()  # the right word arrived, the request failed
+    assert level_table(res.runs()).success_rate.iloc[0] == pytest.approx((n - r.n_failed) / n)
+
+
+CAPITALS = [({'prompt': 'The capital of France is'}, 'Paris', 'Paris.'),  # normalised: right, exact: wrong
+            ({'messages': [{'role': 'user', 'content': 'Capital of Italy?'}]}, 'Rome', 'Rome'),
+            ({'prompt': '2+2='}, '4', '4'),
+            ({'prompt': 'Largest ocean:'}, 'Pacific', 'Atlantic'),  # wrong
+            ({'prompt': 'Opposite of hot'}, 'cold', 'COLD'),  # normalised: right, exact: wrong
+            ({'messages': [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Say yes'}]}, 'yes', 'yes')]
+
+
+def test_jsonl_task_through_the_cli(tmp_path):
+    "A JSONL task with text and chat prompts: the chat API is chosen, every prompt sent, answers checked as the checker says."
+    path = tmp_path/'capitals.jsonl'
+    path.write_text('\n'.join(json.dumps({**p, 'answer': a}) for p, a, _ in CAPITALS) + '\n')
+    text = lambda p: p['prompt'] if 'prompt' in p else ' '.join(m['content'] for m in p['messages'])
+    replies = {text(p): ' ' + r for p, _, r in CAPITALS}
+    args = ('--concurrency', 1, '--repetitions', 1, '--warmup', 0, '--quiet', '--task', path)
+    with ServerThread(fake_openai_app(reply=lambda prompt: replies[prompt])) as srv:
+        rc, out, err = cli('bench-serve', '--url', srv.url, *args, '--out', tmp_path/'norm')
+        assert rc == 0, err
+        rc, out_exact, err = cli('bench-serve', '--url', srv.url, *args, '--checker', 'exact', '--out', tmp_path/'exact')
+        assert rc == 0, err
+        rc, _, err = cli('bench-serve', '--url', srv.url, *args, '--no-outputs', '--out', tmp_path/'none')
+        assert rc == 0, err
+    norm, exact = load_runs(tmp_path/'norm').iloc[0], load_runs(tmp_path/'exact').iloc[0]
+    assert norm.levers['api'] == 'chat' and norm.n_requests == norm.n_attempts == len(CAPITALS)  # default: every prompt of a small task
+    assert (norm.task, norm.checker, norm.n_correct) == ('capitals', 'normalised', 5)
+    assert (exact.checker, exact.n_correct) == ('exact', 3) and exact.sweep_id != norm.sweep_id
+    assert 'success_rate' in out and 'j_per_correct' in out and 'checker exact' in out_exact
+    reqs = load_requests(tmp_path/'norm')
+    assert reqs.correct.tolist() == [True, True, True, False, True, True] and reqs.prompt_index.tolist() == list(range(6))
+    lines = (next((tmp_path/'norm').rglob('outputs.jsonl'))).read_text().splitlines()
+    assert len(lines) == len(reqs) and [json.loads(l)['answer'] for l in lines] == [a for _, a, _ in CAPITALS]
+    assert list((tmp_path/'none').rglob('runs.jsonl')) and not list((tmp_path/'none').rglob('outputs.jsonl'))
+
+
+@pytest.mark.parametrize('args, named', [(('--task', 'builtin', '--checker', 'fuzzy'), ['--checker', 'exact, normalised, prefix', "'fuzzy'"]),
+                                         (('--task', 'no/such/task.jsonl'), ['--task', 'no/such/task.jsonl', "'builtin'"]),
+                                         (('--checker', 'exact'), ['--checker', '--task']),
+                                         (('--task', 'builtin', '--dataset', 'x.jsonl'), ['--dataset', '--task'])])
+def test_bad_task_flags_exit_2_naming_the_flag(tmp_path, args, named):
+    "Refused before anything is sent (the URL is never reached): exit 2, one line naming the flag, no traceback."
+    rc, out, err = cli('bench-serve', '--url', 'http://127.0.0.1:9/v1', *args, '--out', tmp_path)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, err
+    assert all(s in err for s in named), err
+    assert not list(tmp_path.rglob('*.jsonl'))
+
+
+def test_malformed_task_file_names_the_line(tmp_path):
+    path = tmp_path/'bad.jsonl'
+    path.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "no answer"}\n')
+    rc, _, err = cli('bench-serve', '--url', 'http://127.0.0.1:9/v1', '--task', path, '--out', tmp_path)
+    assert rc == 2 and 'line 2' in err and str(path) in err and len(err.strip().splitlines()) == 1, err
