@@ -154,8 +154,8 @@ def test_read_only_file_system(tmp_path):
 
 
 def test_full_disk_keeps_every_completed_record(tmp_path):
-    with tmpfs(tmp_path/'small', '64k') as disk:
-        fd = os.open(disk/'filler', os.O_WRONLY | os.O_CREAT)  # fill the disk, then leave room for the manifest and a few records
+    with tmpfs(tmp_path/'small', '256k') as disk:
+        fd = os.open(disk/'filler', os.O_WRONLY | os.O_CREAT)  # fill the disk (256k: room for 16 records and their outputs.jsonl once freed), then leave room for the manifest and a few records
         try:
             while True: os.write(fd, b'\0' * 4096)
         except OSError: pass
