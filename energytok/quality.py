@@ -434,7 +434,9 @@ def quality_report(runs:pd.DataFrame, # run records
     if outputs is not None and len(outputs):
         o = outputs[outputs['reference'].fillna(False).astype(bool) | outputs['run_id'].isin(set(runs['run_id']))] if 'run_id' in runs else outputs
         missing = [k for k in by if k not in o.columns]
-        if missing: rep.not_computed['divergence'] = f"the outputs have no column {missing[0]!r}, a factor of this comparison"
+        if o['tokens'].isna().all():  # served outputs: a server returns text
+            rep.not_computed['divergence'] = 'the outputs hold generated text without token ids (a served model\'s); divergence compares greedy token ids'
+        elif missing: rep.not_computed['divergence'] = f"the outputs have no column {missing[0]!r}, a factor of this comparison"
         else:
             ref = reference if reference is not None else {k: v for k, v in (('dtype', 'fp32'), ('batch_size', 1), ('quantization', 'none'))
                                                          if k in by or (k in o and o.loc[o['reference'].fillna(False).astype(bool), k].nunique() == 1)}

@@ -253,3 +253,9 @@ def test_quality_report_at_thousands():
     assert len(q.sentences) == len(q.divergence) == 5 and q.invariance is not None
     json.dumps(q.to_dict(), allow_nan=False)
     assert config_label(['dtype', 'batch_size'], ('bf16', 4)) == 'dtype=bf16, batch_size=4'
+
+
+def test_served_outputs_say_why_no_divergence():
+    runs, outs = _runs_and_outputs()
+    q = quality_report(runs, ['dtype'], outs.assign(tokens=None))  # a server's outputs: text, no token ids
+    assert 'token ids' in q.not_computed['divergence'] and q.divergence is None and q.cost is not None
