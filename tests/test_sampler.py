@@ -78,7 +78,7 @@ def test_fake_nvml_goes_to_the_child_and_its_counter_wraps_there():
 
 
 def test_an_nvml_sensor_that_cannot_be_pickled_is_reopened_by_uuid():
-    fake = FakeNVML([dict(power_w=250.0)])
+    fake = FakeNVML([dict(power_w=250.0, counter_update_s=0)])  # a continuous counter: the energy is exact whatever the phase
     gpu = nvml_statuses(fake, env={})[0].sensor
     gpu.handle = threading.Lock()  # as a real NVML handle: it cannot cross processes
     f = factory_of(gpu)
@@ -87,6 +87,19 @@ def test_an_nvml_sensor_that_cannot_be_pickled_is_reopened_by_uuid():
         assert m.sampler_used == 'process', m.sampler_note
         with m.window('w') as w: time.sleep(0.2)
     assert w.result.energy_j == pytest.approx(250.0 * w.result.duration_s, rel=0.02)
+    assert w.result.provenance == {'gpu:0': 'nvml-energy-counter'}
+
+
+def test_a_counter_refreshed_every_100ms_has_an_uncertainty_that_covers_the_truth():
+    "A 0.2 s window on a counter refreshed every 0.1 s counts refreshes; its uncertainty says so and covers 250 W x duration."
+    fake = FakeNVML([dict(power_w=250.0, counter_update_s=0.1)])
+    gpu = nvml_statuses(fake, env={})[0].sensor
+    with Meter([gpu], period_s=0.002) as m:
+        with m.window('w') as w: time.sleep(0.2)
+    r = w.result
+    assert r.energy_uncertainty_j > 20  # about one refresh (25 J): the counter cannot say where in a refresh the edges fell
+    assert abs(r.energy_j - 250.0 * r.duration_s) <= r.energy_uncertainty_j
+    assert any(f.startswith('short-window:gpu:0') and 'counter refreshes' in f for f in r.flags)
 
 
 def test_sensors_that_cannot_go_keep_the_meter_on_a_thread_or_are_refused():
