@@ -8,8 +8,8 @@ Docs: https://energytok.github.io/energytok/quality.html.md"""
 __all__ = ['CHECKERS', 'OUTPUT_COLUMNS', 'OutputDiff', 'compare_tokens', 'prompt_id', 'divergence', 'batch_invariance',
            'proportion_interval', 'divergence_summary', 'agreement_curve', 'normalise', 'get_checker', 'Task',
            'builtin_task', 'load_task', 'resolve_task', 'task_indices', 'task_identity', 'checker_name', 'output_rows',
-           'load_outputs', 'cost_of_pass', 'reversals', 'config_label', 'per_request', 'QualityReport',
-           'quality_report']
+           'load_outputs', 'cost_of_pass', 'first_answers', 'paired_success', 'reversals', 'config_label',
+           'per_request', 'QualityReport', 'quality_report']
 
 # %% ../nbs/27_quality.ipynb #bfadf6ee
 import math, re, json, hashlib, itertools
@@ -284,7 +284,8 @@ def load_outputs(path, # a sweep folder (runs.jsonl and outputs.jsonl), a folder
             try: r = json.loads(line)
             except ValueError: continue  # a torn last line
             if r.get('reference') or (r.get('run_id'), r.get('timestamp')) in keep: rows.append(r)
-    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)) if not rows else pd.DataFrame(rows)[[c for c in OUTPUT_COLUMNS]]
+    df = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)) if not rows else pd.DataFrame(rows)
+    return df.reindex(columns=[*OUTPUT_COLUMNS, *[c for c in df.columns if c not in OUTPUT_COLUMNS]])  # a server's add the load level and request
 
 # %% ../nbs/27_quality.ipynb #48d978db
 def cost_of_pass(runs:pd.DataFrame, # one row per run
@@ -322,6 +323,47 @@ def cost_of_pass(runs:pd.DataFrame, # one row per run
         out['frontier'] = out['j_per_correct'] == out['j_per_correct'][np.isfinite(out['j_per_correct'])].min()
         s, j = out['success_rate'].to_numpy(), out['j_per_attempt'].to_numpy()
         out['pareto'] = [not any((s2 >= s1) & (j2 <= j1) & ((s2 > s1) | (j2 < j1)) for s2, j2 in zip(s, j)) for s1, j1 in zip(s, j)]
+    return out
+
+# %% ../nbs/27_quality.ipynb #11819c5d
+def first_answers(outputs:pd.DataFrame, # one row per answer: factor columns, `prompt_index`, `correct` (and `timestamp`, `reference`)
+                  by:list, # factor columns naming configurations
+                 ) -> pd.DataFrame:
+    "Per configuration and task prompt, its first scored answer (reference outputs and unscored outputs left out)."
+    check_columns('outputs', outputs, list(by) + ['prompt_index', 'correct'])
+    o = outputs[outputs['correct'].notna()]
+    if 'reference' in o: o = o[~o['reference'].fillna(False).astype(bool)]
+    if 'timestamp' in o: o = o.sort_values('timestamp', kind='stable')
+    return o.drop_duplicates(list(by) + ['prompt_index'])
+
+def paired_success(outputs:pd.DataFrame, # as for `first_answers`
+                   by:list, # factor columns naming configurations
+                   base:dict, # the levels of the configuration the others are compared with
+                  ) -> pd.DataFrame:
+    "Each configuration against `base` on the prompts both answered: success on them, the discordant prompts, McNemar's exact p (Holm-adjusted)."
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.multitest import multipletests
+    first = first_answers(outputs, by)
+    if not len(first): raise ValueError('outputs: no scored answers (the runs answered no task, or no outputs were recorded)')
+    sel = _matches(first, base)
+    if not sel.any(): raise ValueError(f"base: no scored answers of the configuration {base}")
+    b = first[sel].set_index('prompt_index')['correct'].astype(bool)
+    rows = []
+    for key, g in first[~sel].groupby(list(by), sort=True, dropna=False):
+        x = g.set_index('prompt_index')['correct'].astype(bool)
+        shared = x.index.intersection(b.index)
+        xs, bs = x[shared].to_numpy(), b[shared].to_numpy()
+        table = [[int((xs & bs).sum()), int((~xs & bs).sum())], [int((xs & ~bs).sum()), int((~xs & ~bs).sum())]]
+        n = len(shared)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), 'prompts': len(x), 'base_prompts': len(b),
+                     'shared_prompts': n, 'success_rate': xs.mean() if n else math.nan, 'base_success_rate': bs.mean() if n else math.nan,
+                     'success_difference': (xs.mean() - bs.mean()) if n else math.nan, 'only_this_right': table[1][0],
+                     'only_base_right': table[0][1], 'p_mcnemar': mcnemar(table, exact=True).pvalue if n else math.nan})
+    out = pd.DataFrame(rows)
+    if len(out):
+        ok = out['p_mcnemar'].notna().to_numpy()
+        out['p_holm'] = math.nan
+        if ok.any(): out.loc[ok, 'p_holm'] = multipletests(out.loc[ok, 'p_mcnemar'], method='holm')[1]
     return out
 
 # %% ../nbs/27_quality.ipynb #53454c54
@@ -379,6 +421,8 @@ class QualityReport:
     cost: pd.DataFrame = None # `cost_of_pass` per configuration
     requests: pd.DataFrame = None # per configuration: J/token, J/request, tokens/request
     reversals: pd.DataFrame = None # `reversals`
+    paired: pd.DataFrame = None # `paired_success` against `paired_base`
+    paired_base: dict = None # the configuration the others' answers are compared with on shared prompts (the frontier)
     sentences: list = field(default_factory=list) # one per configuration: energy saved for output changed
     not_computed: dict = field(default_factory=dict) # part -> why
 
@@ -404,6 +448,7 @@ class QualityReport:
         rec = lambda df: None if df is None else json.loads(df.to_json(orient='records'))
         return dict(by=self.by, reference=self.reference, reference_label=self.reference_label, divergence=rec(self.divergence), batch_invariance=rec(self.invariance),
                     cost_of_pass=rec(self.cost), per_request=rec(self.requests), reversals=rec(self.reversals),
+                    paired_success=rec(self.paired), paired_base=self.paired_base,
                     sentences=self.sentences, not_computed=self.not_computed)
 
 def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt) -> str:
@@ -477,6 +522,12 @@ def quality_report(runs:pd.DataFrame, # run records
         tasked = runs[runs['n_attempts'].notna()]
         energy = 'attempt_energy_j' if 'attempt_energy_j' in tasked and tasked['attempt_energy_j'].notna().any() else 'energy_j'
         rep.cost = attempt('energy per correct answer', lambda: cost_of_pass(tasked, by, energy=energy, ci=ci))
+        scored = outputs is not None and 'correct' in outputs and outputs['correct'].notna().any()
+        if scored and rep.cost is not None and 'frontier' in rep.cost and rep.cost['frontier'].any():
+            o = outputs[outputs['run_id'].isin(set(tasked['run_id']))] if 'run_id' in tasked and 'run_id' in outputs else outputs
+            f = rep.cost[rep.cost['frontier']].iloc[0]
+            rep.paired_base = {k: f[k].item() if hasattr(f[k], 'item') else f[k] for k in by}
+            rep.paired = attempt('success on the same prompts', lambda: paired_success(o, by, rep.paired_base))
     if {'energy_j', 'decode_tokens', 'batch_size', 'j_per_token'} <= set(runs.columns):
         t = per_request(runs)
         m = t.groupby(by, sort=True, dropna=False)[['j_per_token', 'j_per_request', 'tokens_per_request']].mean().reset_index()

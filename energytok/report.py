@@ -590,6 +590,11 @@ def _quality_summary(rep) -> list:
         out.append(f"Lowest energy per correct answer{est}: **{md_escape(config_label(q.by, tuple(b[q.by])))}**, {b['j_per_correct']:.4g} J "
                    f"({rep.ci:.0%} CI {b['j_per_correct_low']:.4g} to {b['j_per_correct_high']:.4g}), success rate {b['success_rate']:.0%} "
                    f"of {int(b['attempts'])} attempts")
+    if q.paired is not None and len(q.paired) and (q.paired['p_holm'] < 1 - rep.ci).any():
+        worse = q.paired[q.paired['p_holm'] < 1 - rep.ci]
+        out.append(f"{len(worse)} configuration(s) answer differently from the frontier on the same prompts (McNemar, Holm p < "
+                   f"{1 - rep.ci:.2g}): " + ', '.join(f"{md_escape(config_label(q.by, tuple(r[q.by])))} {r['success_difference']:+.0%}"
+                                                    for _, r in worse.iterrows()))
     if q.sentences:
         out.append(f"Outputs against {md_escape(_reference_text(q))}: " + ('; '.join(md_escape(s) for s in q.sentences) if len(q.sentences) <= 4
                    else f"{len(q.sentences)} configurations compared, see Output divergence"))
@@ -623,6 +628,15 @@ def _quality_sections(self) -> list:
                "per attempt across runs and the binomial error of the rate). `frontier` marks the configuration with the lowest "
                "J per correct answer; `pareto` those no other beats on both success rate and J per attempt."
                + (f" Energy {md_escape(self.energy_tag)}." if self.energy_tag else ''), "", markdown_table(q.cost[cols]), ""]
+    if q.paired is not None and len(q.paired):
+        p, base = q.paired, md_escape(config_label(q.by, tuple(q.paired_base[k] for k in q.by)))
+        counts = sorted({*p['prompts'].astype(int), *p['base_prompts'].astype(int)})
+        md += ["## Success on the same prompts", "",
+               (f"The configurations answered different prompts ({counts[0]} to {counts[-1]} each), so the success rates above are "
+                "rates over different items. " if len(counts) > 1 else '')
+               + f"Each configuration against {base}, the frontier, on the prompts both answered (each prompt's first answer): "
+               "success on those prompts, the prompts only one of the two got right, and McNemar's exact p on them, "
+               f"Holm-adjusted over the {len(p)} comparison(s).", "", markdown_table(p), ""]
     if q.requests is not None and len(q.requests):
         md += ["## Energy per request and per token", "",
                "A configuration cheaper per token can cost more per request when it produces more tokens. J/request is a served "

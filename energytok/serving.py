@@ -18,7 +18,7 @@ from .checks import check_positive, check_range, check_choice
 from .store import (RunStore, make_record, run_key, utc_now, write_json_atomic, append_lines, load_runs, read_records,
                              ServiceTarget, _canonical)
 from .serve_client import (Endpoint, Prompt, load_prompts, sample_prompts, dataset_digest, resolve_model, stream_request,
-                                    count_tokens, chunk_tokens, load_tokenizer, run_async, request_body, _messages)
+                                    count_tokens, chunk_tokens, load_tokenizer, run_async, request_body, chat_messages)
 
 # %% ../nbs/26_serving.ipynb #d5530613
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ def task_prompt(task, # an `energytok.quality.Task`
                ) -> Prompt:
     "Prompt `i` of `task` as a request's input: a text prompt as it is (one user message for the chat API), chat messages as messages."
     p, pid = task.prompts[i], f'{task.name}:{i}'
-    return Prompt(pid, text=p) if isinstance(p, str) else Prompt(pid, messages=_messages(p, f'task {task.name!r} prompt {i}'))
+    return Prompt(pid, text=p) if isinstance(p, str) else Prompt(pid, messages=chat_messages(p, f'task {task.name!r} prompt {i}'))
 
 def bench_prompts(bench:ServeBench, # the design
                   repetition:int=0, # the round (a task's prompts move on with it)
@@ -535,7 +535,7 @@ def bench_serve(bench:ServeBench, # the design
 # %% ../nbs/26_serving.ipynb #76ea77de
 def level_table(runs # a serving sweep's records
                ):
-    "Per load level: runs, J/token (mean, sd, PUE-adjusted), tokens/s, latencies, failures, the steady-state window; a task's success rate, J per attempt and per correct answer."
+    "Per load level: runs, J/token (mean, sd, PUE-adjusted), tokens/s, latencies, failures, the steady-state window; a task's success rate (every run), J per attempt and per correct answer (the `energy_runs` with energy)."
     import pandas as pd
     g = runs.assign(level=[f'c={int(c)}' if pd.notna(c) else f'{r:g}/s' for c, r in zip(runs.concurrency, runs.request_rate)],
                     steady_s=runs.steady_end_s - runs.steady_start_s)
@@ -553,6 +553,7 @@ def level_table(runs # a serving sweep's records
         t['attempts'], t['correct'] = n['n_attempts'], n['n_correct']
         t['success_rate'] = t['correct'] / t['attempts']
         for c in ('j_per_attempt', 'j_per_correct'): t[c] = cp[c] if c in cp else math.nan
+        t['energy_runs'] = cp['n_runs']  # the runs J per attempt and per correct answer rest on (the success rate counts every run)
     key = [(0, c) if pd.notna(c) else (1, r) for c, r in g.groupby('level', sort=False)[['concurrency', 'request_rate']].first().itertuples(index=False)]
     return t.iloc[sorted(range(len(t)), key=lambda i: key[i])].reset_index()
 

@@ -8,7 +8,7 @@ from statsmodels.stats.proportion import proportion_confint
 from energytok.quality import (compare_tokens, prompt_id, divergence, batch_invariance, proportion_interval, divergence_summary,
                                agreement_curve, normalise, get_checker, CHECKERS, Task, builtin_task, load_task, resolve_task,
                                task_indices, task_identity, output_rows, load_outputs, OUTPUT_COLUMNS, cost_of_pass, reversals,
-                               per_request, quality_report, config_label)
+                               per_request, quality_report, config_label, paired_success, first_answers)
 from energytok.card import simulated_records
 from energytok.stats_describe import simulate_runs
 
@@ -259,3 +259,48 @@ def test_served_outputs_say_why_no_divergence():
     runs, outs = _runs_and_outputs()
     q = quality_report(runs, ['dtype'], outs.assign(tokens=None))  # a server's outputs: text, no token ids
     assert 'token ids' in q.not_computed['divergence'] and q.divergence is None and q.cost is not None
+
+
+def test_paired_success_is_mcnemar_exact_on_shared_prompts_and_holm_adjusted():
+    # 3,000 answers by four configurations over overlapping prompt ranges; every p is the two-sided binomial p of the discordant split
+    rng = np.random.default_rng(7)
+    ranges = {'base': range(0, 1000), 'a': range(0, 400), 'b': range(200, 900), 'c': range(500, 1400)}
+    skill = {'base': 0.6, 'a': 0.6, 'b': 0.5, 'c': 0.7}
+    rows = [dict(cfg=k, prompt_index=i, correct=bool(rng.random() < skill[k]), timestamp=f't{j:05d}')
+            for j, (k, r) in enumerate((k, i) for k, rr in ranges.items() for i in rr) for i in [r]]
+    ans = pd.DataFrame(rows)
+    ans = pd.concat([ans, ans.assign(correct=~ans.correct, timestamp=ans.timestamp + 'z')], ignore_index=True)  # later answers: not counted
+    ps = paired_success(ans, ['cfg'], {'cfg': 'base'}).set_index('cfg')
+    first = first_answers(ans, ['cfg'])
+    assert len(first) == sum(len(r) for r in ranges.values())
+    base = first[first.cfg == 'base'].set_index('prompt_index').correct
+    ps_manual = {}
+    for k in ('a', 'b', 'c'):
+        x = first[first.cfg == k].set_index('prompt_index').correct
+        sh = x.index.intersection(base.index)
+        only_x, only_b = int((x[sh] & ~base[sh]).sum()), int((~x[sh] & base[sh]).sum())
+        assert ps.loc[k, 'shared_prompts'] == len(sh) == len(set(ranges[k]) & set(ranges['base']))
+        assert (ps.loc[k, 'only_this_right'], ps.loc[k, 'only_base_right']) == (only_x, only_b)
+        assert ps.loc[k, 'success_difference'] == pytest.approx(x[sh].mean() - base[sh].mean())
+        ps_manual[k] = stats.binomtest(min(only_x, only_b), only_x + only_b, 0.5).pvalue
+        assert ps.loc[k, 'p_mcnemar'] == pytest.approx(ps_manual[k], rel=1e-9)
+    order = sorted(ps_manual, key=ps_manual.get)  # Holm by hand
+    holm, run = {}, 0.0
+    for i, k in enumerate(order): run = max(run, min(1.0, (3 - i) * ps_manual[k])); holm[k] = run
+    for k in holm: assert ps.loc[k, 'p_holm'] == pytest.approx(holm[k], rel=1e-9)
+    assert ps.loc['b', 'p_holm'] < 0.05 and ps.loc['b', 'success_difference'] < 0  # 0.5 against 0.6 over 700 prompts
+
+
+def test_quality_report_compares_answers_with_the_frontier():
+    runs, outs = _runs_and_outputs()
+    fp = runs.loc[runs.dtype == 'fp32', 'run_id'].iloc[0]
+    bf = runs.loc[runs.dtype == 'bf16', 'run_id'].iloc[0]
+    answers = pd.DataFrame([dict(dtype='fp32', prompt_index=i, correct=True, reference=False, run_id=fp, tokens=None) for i in range(6)]
+                           + [dict(dtype='bf16', prompt_index=i, correct=i < 2, reference=False, run_id=bf, tokens=None) for i in range(3)])
+    q = quality_report(runs, ['dtype'], answers)
+    assert q.paired_base == {'dtype': 'fp32'}  # the frontier: 2.5 J per correct answer against 4
+    r = q.paired.iloc[0]
+    assert (r['dtype'], r.prompts, r.base_prompts, r.shared_prompts, r.only_this_right, r.only_base_right) == ('bf16', 3, 6, 3, 0, 1)
+    assert r.p_mcnemar == 1.0 and r.success_difference == pytest.approx(-1 / 3)
+    json.dumps(q.to_dict(), allow_nan=False)
+    assert quality_report(runs, ['dtype'], outs).paired is None  # outputs without verdicts: nothing to pair

@@ -11,7 +11,7 @@ from energytok.store import load_runs, make_record, RUN_COLUMNS, SERVING_COLUMNS
 from energytok.serve_client import (ServerThread, TransformersServer, fake_openai_app, load_prompts, sample_prompts, load_tokenizer,
                                     prompt_token_count, chunk_tokens, Endpoint, public_url)
 from energytok.serving import load_requests, SteadyState, LoadLevel, ServeBench, bench_serve, load_levels, level_table
-from energytok.quality import builtin_task, load_outputs
+from energytok.quality import builtin_task, load_outputs, quality_report
 
 N, MAX_TOKENS, LEVELS = 8, 8, (1, 2)
 
@@ -285,6 +285,26 @@ def test_known_correct_answers_give_energy_per_correct_answer(tmp_path):
         assert t.loc[f'c={c}', 'j_per_attempt'] == pytest.approx(r.attempt_energy_j / n, rel=1e-9)
     outs = res.outputs()
     assert len(outs) == len(reqs) and outs.tokens.isna().all() and outs.correct.tolist() == reqs.correct.tolist()
+    q = quality_report(runs, ['concurrency'], outs)  # the same answers at both levels: paired on all n prompts, nothing differs
+    assert q.paired is not None, q.not_computed
+    assert len(q.paired) == 1 and 'token ids' in q.not_computed['divergence']
+    p = q.paired.iloc[0]
+    assert (p.shared_prompts, p.only_this_right, p.only_base_right, p.p_mcnemar) == (n, 0, 0, 1.0)
+
+
+def test_level_table_success_counts_every_run_and_energy_figures_say_how_many_runs_they_rest_on():
+    "Three runs at one level, one without energy (a failed sensor): success 12/30 over all, J figures over the two with energy."
+    import pandas as pd
+    runs = pd.DataFrame(dict(run_id=['a', 'b', 'c'], concurrency=[4] * 3, request_rate=[None] * 3, j_per_token=[0.5, 0.7, None],
+                             j_per_token_pue=[0.6, 0.8, None], tokens_per_s=[10.0] * 3, avg_power_w=[100.0, 100.0, None],
+                             ttft_s=[0.1] * 3, tpot_s=[0.01] * 3, n_failed=[0] * 3, n_requests=[10] * 3, steady_start_s=[1.0] * 3,
+                             steady_end_s=[5.0] * 3, steady_requests=[6] * 3, energy_provenance=['replay', 'replay', 'missing:replay'],
+                             n_attempts=[10, 10, 10], n_correct=[5, 3, 4], attempt_energy_j=[40.0, 60.0, None]))
+    t = level_table(runs).iloc[0]
+    assert (t.attempts, t.correct, t.runs, t.energy_runs) == (30, 12, 3, 2)
+    assert t.success_rate == pytest.approx(12 / 30)
+    assert t.j_per_attempt == pytest.approx(100.0 / 20) and t.j_per_correct == pytest.approx(100.0 / 8)  # 2 runs: 100 J, 20 attempts, 8 right
+    assert not math.isnan(t.j_per_token) and t.j_per_token == pytest.approx(0.6)
 
 
 def test_failed_requests_are_wrong_attempts(tmp_path):

@@ -1,6 +1,7 @@
 "`energytok run --task` then `energytok report`, as a user runs them: outputs.jsonl, reference outputs, task columns, resume, report sections, bad input."
 import json, subprocess, sys
 from pathlib import Path
+import pandas as pd
 import pytest
 from energytok.store import load_runs, TASK_COLUMNS
 from energytok.quality import load_outputs, builtin_task
@@ -72,7 +73,7 @@ def test_report_of_a_tasked_sweep(tasked, tmp_path):
     p = cli(['report', 'res'], tmp_path)
     assert p.returncode == 0, p.stderr
     assert 'Lowest energy per correct answer' in p.stdout
-    rep = tmp_path/'res'/'report'
+    rep, folder = tmp_path/'res'/'report', next(f for f in (tmp_path/'res').iterdir() if f.name != 'report')
     md = (rep/'report.md').read_text()
     for section in ('## Output divergence from the reference (dtype=fp32, batch_size=1)', '## Batch invariance',
                     '## Energy per correct answer', '## Energy per request and per token'):
@@ -87,6 +88,18 @@ def test_report_of_a_tasked_sweep(tasked, tmp_path):
         assert c['j_per_attempt'] == pytest.approx(mine.attempt_energy_j.sum() / mine.n_attempts.sum())
     div = {(r['dtype'], r['batch_size']): r for r in doc['quality']['divergence']}
     assert set(div) == {('bf16', 1), ('bf16', 2), ('fp32', 2)} and div[('bf16', 2)]['n_prompts'] == 4
+    paired, base = doc['quality']['paired_success'], doc['quality']['paired_base']
+    frontier = next(k for k, c in cost.items() if c['frontier'])
+    assert (base['dtype'], base['batch_size']) == frontier and len(paired) == 3
+    outs = pd.DataFrame(lines(folder/'outputs.jsonl')); outs = outs[~outs.reference]
+    firsts = lambda dt, bs: outs[(outs.dtype == dt) & (outs.batch_size == bs)].drop_duplicates('prompt_index').set_index('prompt_index').correct
+    for r in paired:  # the paired table is each configuration's first answers against the frontier's, prompt by prompt
+        mine, theirs = firsts(r['dtype'], r['batch_size']), firsts(*frontier)
+        shared = mine.index.intersection(theirs.index)
+        assert r['shared_prompts'] == len(shared) == min(len(mine), len(theirs))
+        assert r['only_this_right'] == int((mine[shared] & ~theirs[shared]).sum())
+        assert r['only_base_right'] == int((~mine[shared] & theirs[shared]).sum())
+    assert '## Success on the same prompts' in md and 'answered different prompts (2 to 4 each)' in md
     cards = {c['config']: {r['quantity'] for r in c['rows']} for c in doc['cards']}
     assert 'energy per correct answer' in cards['dtype=bf16, batch_size=2']
     assert 'outputs identical to the reference' in cards['dtype=bf16, batch_size=2']
