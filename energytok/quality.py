@@ -9,7 +9,7 @@ __all__ = ['CHECKERS', 'OUTPUT_COLUMNS', 'OutputDiff', 'compare_tokens', 'prompt
            'proportion_interval', 'divergence_summary', 'agreement_curve', 'normalise', 'get_checker', 'Task',
            'builtin_task', 'load_task', 'resolve_task', 'task_indices', 'task_identity', 'checker_name', 'output_rows',
            'load_outputs', 'cost_of_pass', 'first_answers', 'paired_success', 'reversals', 'config_label',
-           'per_request', 'QualityReport', 'quality_report']
+           'spoken_label', 'per_request', 'QualityReport', 'quality_report']
 
 # %% ../nbs/27_quality.ipynb #bfadf6ee
 import math, re, json, hashlib, itertools
@@ -396,11 +396,20 @@ def config_label(by:list, # factor columns
     values = values if isinstance(values, tuple) else (values,)
     return _fmt_level(values[0]) if len(by) == 1 else ', '.join(f'{f}={_fmt_level(v)}' for f, v in zip(by, values))
 
+def spoken_label(by:list, # factor columns
+                 values, # their levels, in order
+                ) -> str:
+    "`config_label` for a sentence: a lone numeric level is named with its factor ('concurrency=4', not '4')."
+    values = values if isinstance(values, tuple) else (values,)
+    lone_number = len(by) == 1 and isinstance(values[0], (int, float, np.number)) and not isinstance(values[0], bool)
+    return config_label(by, values) if not lone_number else f'{by[0]}={config_label(by, values)}'
+
 def per_request(runs:pd.DataFrame, # run records
                ) -> pd.DataFrame:
     "`runs` with `j_per_request` and `tokens_per_request`: a served level's as recorded, an in-process run's per sequence it generated."
     t = runs.copy()
-    seqs = pd.to_numeric(t['batch_size'], errors='coerce') * pd.to_numeric(t.get('world_size', 1), errors='coerce').fillna(1)
+    world = pd.to_numeric(t['world_size'], errors='coerce').fillna(1) if 'world_size' in t else 1
+    seqs = pd.to_numeric(t['batch_size'], errors='coerce') * world
     jpr = pd.to_numeric(t['energy_j'], errors='coerce') / seqs
     tpr = pd.to_numeric(t['decode_tokens'], errors='coerce') / seqs
     if 'j_per_request' in t:  # served: J/token x mean output tokens of its requests
@@ -423,6 +432,7 @@ class QualityReport:
     reversals: pd.DataFrame = None # `reversals`
     paired: pd.DataFrame = None # `paired_success` against `paired_base`
     paired_base: dict = None # the configuration the others' answers are compared with on shared prompts (the frontier)
+    unit: str = 'token' # what divergence counts: 'token' (greedy token ids), or 'word' for a server's text
     sentences: list = field(default_factory=list) # one per configuration: energy saved for output changed
     not_computed: dict = field(default_factory=dict) # part -> why
 
@@ -448,10 +458,10 @@ class QualityReport:
         rec = lambda df: None if df is None else json.loads(df.to_json(orient='records'))
         return dict(by=self.by, reference=self.reference, reference_label=self.reference_label, divergence=rec(self.divergence), batch_invariance=rec(self.invariance),
                     cost_of_pass=rec(self.cost), per_request=rec(self.requests), reversals=rec(self.reversals),
-                    paired_success=rec(self.paired), paired_base=self.paired_base,
+                    paired_success=rec(self.paired), paired_base=self.paired_base, unit=self.unit,
                     sentences=self.sentences, not_computed=self.not_computed)
 
-def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt) -> str:
+def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt, unit='token') -> str:
     "'bf16 saves 18 % J/token, 42 % of outputs identical to fp32, first divergence at token 31 median'."
     parts = []
     if ref_jpt and jpt is not None and math.isfinite(jpt):
@@ -460,7 +470,7 @@ def _saving_sentence(lab, ref_lab, row, jpt, ref_jpt) -> str:
     parts.append(f"{row['identical']:.0%} of outputs identical to {ref_lab} ({row['identical_low']:.0%} to {row['identical_high']:.0%}, "
                  f"{int(row['n_prompts'])} prompts)")
     fd = row['median_first_divergence']
-    parts.append(f"first divergence at token {fd:g} median" if math.isfinite(fd) else "no output diverged")
+    parts.append(f"first divergence at {unit} {fd:g} median" if math.isfinite(fd) else "no output diverged")
     return f"{lab} " + ', '.join(parts)
 
 def quality_report(runs:pd.DataFrame, # run records
@@ -479,8 +489,13 @@ def quality_report(runs:pd.DataFrame, # run records
     if outputs is not None and len(outputs):
         o = outputs[outputs['reference'].fillna(False).astype(bool) | outputs['run_id'].isin(set(runs['run_id']))] if 'run_id' in runs else outputs
         missing = [k for k in by if k not in o.columns]
-        if o['tokens'].isna().all():  # served outputs: a server returns text
-            rep.not_computed['divergence'] = 'the outputs hold generated text without token ids (a served model\'s); divergence compares greedy token ids'
+        load = next((k for k in ('concurrency', 'request_rate') if k in by and k in o and o[k].notna().any()), None)
+        if o['tokens'].isna().all() and load and 'text' in o and o['text'].notna().any():  # a server's outputs: text, compared word by word
+            if 'ok' in o: o = o[o['ok'].fillna(True).astype(bool)]  # a failed or cut request's partial text is not an output
+            o, rep.unit = o.assign(tokens=o['text'].fillna('').str.split()), 'word'
+            if reference is None: reference = {load: pd.to_numeric(o[load]).min().item()}  # the lightest load
+        if o['tokens'].isna().all():  # text without token ids, and no load level to compare across
+            rep.not_computed['divergence'] = 'the outputs hold generated text without token ids (a served model\'s) and no load level to compare across; divergence compares greedy token ids'
         elif missing: rep.not_computed['divergence'] = f"the outputs have no column {missing[0]!r}, a factor of this comparison"
         else:
             ref = reference if reference is not None else {k: v for k, v in (('dtype', 'fp32'), ('batch_size', 1), ('quantization', 'none'))
@@ -494,7 +509,7 @@ def quality_report(runs:pd.DataFrame, # run records
                 q = runs.groupby(by, sort=True, dropna=False)['quality'].mean() if 'quality' in runs else None
                 fixed = lambda k: k in runs and runs[k].astype(str).nunique() == 1 and str(runs[k].iloc[0]) != str(ref[k])
                 shown = [k for k in ref if k in by or fixed(k)] or list(ref)  # the factors compared, and any the runs all hold elsewhere
-                rep.reference_label = ref_lab = config_label(shown, tuple(ref[k] for k in shown))
+                rep.reference_label = ref_lab = spoken_label(shown, tuple(ref[k] for k in shown))
                 ref_runs = runs[_matches(runs, ref)] if all(k in runs for k in ref) else runs.iloc[:0]
                 ref_jpt = float(ref_runs['j_per_token'].mean()) if len(ref_runs) and ref_runs['j_per_token'].notna().any() else None
                 loss, change = [], []
@@ -504,8 +519,8 @@ def quality_report(runs:pd.DataFrame, # run records
                     loss.append(float(qv) - float(refq.iloc[0]) if qv is not None and pd.notna(qv) and len(refq) else math.nan)
                     j = jpt.get(key) if jpt is not None else None
                     change.append(float(j) / ref_jpt - 1 if ref_jpt and j is not None and pd.notna(j) else math.nan)
-                    rep.sentences.append(_saving_sentence(config_label(by, tuple(k)), ref_lab, s.iloc[len(change) - 1],
-                                                          None if j is None or pd.isna(j) else float(j), ref_jpt))
+                    rep.sentences.append(_saving_sentence(spoken_label(by, tuple(k)), ref_lab, s.iloc[len(change) - 1],
+                                                          None if j is None or pd.isna(j) else float(j), ref_jpt, rep.unit))
                 rep.divergence = s.assign(quality_difference=loss, j_per_token_change=change)
                 rep.curve = agreement_curve(div, by)
                 if div.attrs.get('not_compared'):

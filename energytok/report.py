@@ -22,7 +22,7 @@ from .stats_anova import anova, welch_anova, check_assumptions
 from .stats_compare import pairwise, compare_two, mixed_model, paired_t, signed_rank, PAIRWISE_METHODS
 from .stats_power import power_analysis, tost, verdict, VERDICTS
 from .card import energy_label, energy_card, sweep_factors
-from .quality import quality_report, config_label, load_outputs
+from .quality import quality_report, config_label, spoken_label, load_outputs
 from .metrics import energy_provenance
 
 # %% ../nbs/35_report.ipynb #d43ed45e
@@ -587,13 +587,13 @@ def _quality_summary(rep) -> list:
     est = ' (ESTIMATED energy)' if rep.estimated else ''
     if q.cost is not None and 'frontier' in q.cost and q.cost['frontier'].any():
         b = q.cost[q.cost['frontier']].iloc[0]
-        out.append(f"Lowest energy per correct answer{est}: **{md_escape(config_label(q.by, tuple(b[q.by])))}**, {b['j_per_correct']:.4g} J "
+        out.append(f"Lowest energy per correct answer{est}: **{md_escape(spoken_label(q.by, tuple(b[q.by])))}**, {b['j_per_correct']:.4g} J "
                    f"({rep.ci:.0%} CI {b['j_per_correct_low']:.4g} to {b['j_per_correct_high']:.4g}), success rate {b['success_rate']:.0%} "
                    f"of {int(b['attempts'])} attempts")
     if q.paired is not None and len(q.paired) and (q.paired['p_holm'] < 1 - rep.ci).any():
         worse = q.paired[q.paired['p_holm'] < 1 - rep.ci]
         out.append(f"{len(worse)} configuration(s) answer differently from the frontier on the same prompts (McNemar, Holm p < "
-                   f"{1 - rep.ci:.2g}): " + ', '.join(f"{md_escape(config_label(q.by, tuple(r[q.by])))} {r['success_difference']:+.0%}"
+                   f"{1 - rep.ci:.2g}): " + ', '.join(f"{md_escape(spoken_label(q.by, tuple(r[q.by])))} {r['success_difference']:+.0%}"
                                                     for _, r in worse.iterrows()))
     if q.sentences:
         out.append(f"Outputs against {md_escape(_reference_text(q))}: " + ('; '.join(md_escape(s) for s in q.sentences) if len(q.sentences) <= 4
@@ -613,7 +613,10 @@ def _quality_sections(self) -> list:
                f"compared, the share identical over the whole generated length with its {self.ci:.0%} Wilson interval, the median "
                "generated position of the first token unlike the reference (over the outputs that diverged), the mean share of "
                "positions with the reference's token, the held-out loss difference from the reference (nats) and the change in "
-               "J/token against it.", "", markdown_table(q.divergence), "", *[f"- {md_escape(s)}" for s in q.sentences], ""]
+               "J/token against it."
+               + (" A server sends text, not token ids: these outputs are compared word by word (the text split at white space), "
+                  "positions count words, and a failed or cut request's partial text is left out." if q.unit == 'word' else ''),
+               "", markdown_table(q.divergence), "", *[f"- {md_escape(s)}" for s in q.sentences], ""]
     if q.invariance is not None:
         md += ["## Batch invariance", "",
                "Each batch size's outputs against those of the smallest batch size with the same other factors: when the "
@@ -629,7 +632,7 @@ def _quality_sections(self) -> list:
                "J per correct answer; `pareto` those no other beats on both success rate and J per attempt."
                + (f" Energy {md_escape(self.energy_tag)}." if self.energy_tag else ''), "", markdown_table(q.cost[cols]), ""]
     if q.paired is not None and len(q.paired):
-        p, base = q.paired, md_escape(config_label(q.by, tuple(q.paired_base[k] for k in q.by)))
+        p, base = q.paired, md_escape(spoken_label(q.by, tuple(q.paired_base[k] for k in q.by)))
         counts = sorted({*p['prompts'].astype(int), *p['base_prompts'].astype(int)})
         md += ["## Success on the same prompts", "",
                (f"The configurations answered different prompts ({counts[0]} to {counts[-1]} each), so the success rates above are "

@@ -8,7 +8,7 @@ from statsmodels.stats.proportion import proportion_confint
 from energytok.quality import (compare_tokens, prompt_id, divergence, batch_invariance, proportion_interval, divergence_summary,
                                agreement_curve, normalise, get_checker, CHECKERS, Task, builtin_task, load_task, resolve_task,
                                task_indices, task_identity, output_rows, load_outputs, OUTPUT_COLUMNS, cost_of_pass, reversals,
-                               per_request, quality_report, config_label, paired_success, first_answers)
+                               per_request, quality_report, config_label, paired_success, first_answers, spoken_label)
 from energytok.card import simulated_records
 from energytok.stats_describe import simulate_runs
 
@@ -304,3 +304,30 @@ def test_quality_report_compares_answers_with_the_frontier():
     assert r.p_mcnemar == 1.0 and r.success_difference == pytest.approx(-1 / 3)
     json.dumps(q.to_dict(), allow_nan=False)
     assert quality_report(runs, ['dtype'], outs).paired is None  # outputs without verdicts: nothing to pair
+
+
+def test_served_text_is_compared_word_by_word_against_the_lightest_load():
+    # 3 load levels x 40 prompts: at c=8 prompt i's text leaves the c=1 text at word i % 5 for every fourth prompt; c=4 never does;
+    # a failed request's partial text is left out
+    words = 'In the beginning God created the heaven and the earth'.split()
+    runs = pd.DataFrame(dict(run_id=['r1', 'r4', 'r8'], concurrency=[1, 4, 8], request_rate=[None] * 3, j_per_token=[1.0, 0.5, 0.4],
+                             energy_j=[100.0, 50.0, 40.0], decode_tokens=[100, 100, 100], batch_size=[1] * 3))
+    rows, truth = [], []
+    for c in (1, 4, 8):
+        for i in range(40):
+            w = list(words)
+            if c == 8 and i % 4 == 0: w[i % 5] = 'Verily'; truth.append(i % 5)
+            rows.append(dict(run_id=f'r{c}', concurrency=c, request_rate=None, reference=False, prompt_id=f'p{i}', prompt_index=i,
+                             tokens=None, text=' ' + ' '.join(w), ok=True, correct=None))
+    rows.append(dict(run_id='r8', concurrency=8, request_rate=None, reference=False, prompt_id='p1', prompt_index=1, tokens=None,
+                     text=' In the', ok=False, correct=None))  # a cut stream
+    q = quality_report(runs, ['concurrency'], pd.DataFrame(rows))
+    assert q.unit == 'word' and q.reference == {'concurrency': 1} and q.reference_label == 'concurrency=1'
+    d = q.divergence.set_index('concurrency')
+    assert d.loc[4, 'identical'] == 1.0 and d.loc[8, 'identical'] == pytest.approx(30 / 40) and d.loc[8, 'n_prompts'] == 40
+    assert d.loc[8, 'median_first_divergence'] == np.median(truth)
+    assert d.loc[8, 'mean_agreement'] == pytest.approx(1 - 10 / 40 / len(words))
+    assert q.sentences[1].startswith('concurrency=8 saves 60% J/token, 75% of outputs identical to concurrency=1')
+    assert f'first divergence at word {np.median(truth):g} median' in q.sentences[1]
+    json.dumps(q.to_dict(), allow_nan=False)
+    assert spoken_label(['dtype'], ('bf16',)) == 'bf16' and spoken_label(['batch_size'], (4,)) == 'batch_size=4'
